@@ -12,15 +12,29 @@ bottom up, each in its own section below:
 
 from __future__ import annotations
 
+import base64
 import codecs
+import email.utils
+import http.client
+import ipaddress
 import json
+import os
+import platform
+import random
 import re
+import socket
+import ssl
 import sys
+import time
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import (
     Callable,
     ClassVar,
+    Iterator,
+    NoReturn,
     Dict,
     List,
     NamedTuple,
@@ -227,12 +241,11 @@ class SSEParser:
             self.last_event_id = id_buffer
         if _LF in unfinished:
             self._parse_text(b"data: " + unfinished, events)
-        elif len(unfinished) + 6 <= self.max_event_bytes:
-            # Kept in pieces: joined once, when the line ends.
+        else:
+            # Kept in pieces, joined once when the line ends; within the
+            # limit, since all of ``data`` is.
             self._tail = [b"data: ", unfinished]
             self._tail_size = len(unfinished) + 6
-        else:
-            self._extend_tail(b"data: " + unfinished)
         return self._result(events) if self._overflowed else events
 
     def _parse_text(self, text: bytes, events: List[ServerSentEvent]) -> None:
@@ -662,6 +675,645 @@ _BUILDERS: Dict[str, Callable[[_Fields], KernelEvent]] = {
     "error": _error,
     "sse_heartbeat": _heartbeat,
 }
+
+
+# ======================================================================
+# Follow loop
+# ======================================================================
+
+DEFAULT_BASE_URL = "https://api.onkernel.com"
+"""Where the Kernel API lives unless ``KERNEL_BASE_URL`` or ``base_url`` says otherwise."""
+
+_RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+_MAX_REDIRECTS = 5
+_READ_SIZE = 65536
+_CONNECT_TIMEOUT = 30.0
+
+
+class ConfigurationError(KernelSSEError):
+    """The call cannot be made as asked: no key, a bad URL or a bad id."""
+
+
+class APIStatusError(KernelSSEError):
+    """The API answered with an error status that retrying cannot fix.
+
+    ``status`` is the HTTP status, ``code`` and ``message`` come from the
+    spec's ``Error`` body (or describe the status when the body has none).
+    """
+
+    hint = "check the request"
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"the API answered {status} ({code}: {message}); {self.hint}")
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class BadRequestError(APIStatusError):
+    """400: the API rejected the request, e.g. an unparsable ``since``."""
+
+    hint = "check the --since value and the invocation id"
+
+
+class AuthenticationError(APIStatusError):
+    """401: the API key was missing or refused."""
+
+    hint = "the API key was refused: check KERNEL_API_KEY (or --api-key-file)"
+
+
+class PermissionDeniedError(APIStatusError):
+    """403: the key may not read this invocation."""
+
+    hint = "the key may not read this invocation: check its project and scope"
+
+
+class NotFoundError(APIStatusError):
+    """404: there is no such invocation (for this key and project)."""
+
+    hint = "no such invocation: check the id, the project and KERNEL_BASE_URL"
+
+
+class StreamTimeout(KernelSSEError):
+    """The stream stayed silent (no event) past the idle limit too often."""
+
+
+class DeadlineExceeded(KernelSSEError):
+    """The follow's total deadline passed before the invocation finished."""
+
+
+class ConnectionFailed(KernelSSEError):
+    """Every attempt in a row failed; the retries are exhausted."""
+
+
+_STATUS_ERRORS: Dict[int, Callable[[int, str, str], APIStatusError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+}
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Where a follow stands, so another one can resume without repeats.
+
+    ``since`` is the timestamp string of the last log, state or error event
+    delivered; ``seen`` holds the data of every event delivered at exactly
+    that timestamp (repeats included), since the server sends those again.
+    """
+
+    since: Optional[str] = None
+    seen: Tuple[str, ...] = ()
+
+    def to_json(self) -> JSONObject:
+        """A JSON-ready form, for a state file."""
+        return {"since": self.since, "seen": list(self.seen)}
+
+    @classmethod
+    def from_json(cls, obj: object) -> Checkpoint:
+        """Rebuild a checkpoint from :meth:`to_json`; ValueError if it is not one."""
+        if not isinstance(obj, dict):
+            raise ValueError("a checkpoint must be a JSON object")
+        since = obj.get("since")
+        seen = obj.get("seen", [])
+        if since is not None and not isinstance(since, str):
+            raise ValueError("checkpoint 'since' must be a string or null")
+        if not isinstance(seen, list) or not all(isinstance(item, str) for item in seen):
+            raise ValueError("checkpoint 'seen' must be a list of strings")
+        if since is not None:
+            parse_timestamp(since)
+        return cls(since, tuple(seen))
+
+
+class _Secret:
+    """Holds the API key so no repr, log or traceback can show it."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "<secret>"
+
+
+class _Attempt(Exception):
+    """Internal: one connection attempt ended without the terminal state."""
+
+    def __init__(self, reason: str, retry_after: Optional[float] = None, idle: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+        self.idle = idle
+
+
+def _is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses (plain HTTP is safe there)."""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_text(name: str, value: str) -> None:
+    """Refuse control characters, which could split an HTTP request."""
+    if any(ord(char) < 32 or ord(char) == 127 for char in value):
+        raise ConfigurationError(f"the {name} contains control characters; check where it came from")
+
+
+def _time_key(timestamp: datetime, raw: str) -> Tuple[datetime, int]:
+    """An ordering key with the nanoseconds a datetime cannot hold."""
+    dot = raw.find(".")
+    nanos = 0
+    if dot >= 0:
+        digits = raw[dot + 7:dot + 10]
+        end = 0
+        while end < len(digits) and digits[end].isdigit():
+            end += 1
+        nanos = int(digits[:end].ljust(3, "0")) if end else 0
+    return timestamp, nanos
+
+
+def _parse_retry_after(value: Optional[str]) -> Optional[float]:
+    """Seconds to wait from a ``Retry-After`` header, or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+def _client_error(code: str, message: str, data: str) -> ErrorEvent:
+    """An error event made here, for data the stream could not deliver."""
+    now = datetime.now(timezone.utc)
+    stamp = now.isoformat().replace("+00:00", "Z")
+    detail = ApiErrorDetail("raw_data", data)
+    raw: JSONObject = {
+        "event": "error",
+        "timestamp": stamp,
+        "error": {"code": code, "message": message, "details": [{"code": "raw_data", "message": data}]},
+    }
+    return ErrorEvent(now, ApiError(code, message, (detail,)), stamp, raw)
+
+
+class Follower:
+    """Follows one invocation's event stream to its terminal state.
+
+    Iterate over it (or use :func:`follow`) to get typed events.  It
+    reconnects after drops, resumes with ``since`` and drops what it already
+    delivered, treats ``idle_timeout`` seconds without an event as a drop,
+    and stops after the terminal ``invocation_state`` or at ``deadline``
+    seconds.  ``checkpoint`` tells where it stands, for a later resume;
+    ``attempt`` counts requests, ``reconnects`` the drops recovered from.
+    """
+
+    def __init__(
+        self,
+        invocation_id: str,
+        *,
+        api_key: Optional[str] = None,
+        base_url: Optional[str] = None,
+        since: Optional[str] = None,
+        checkpoint: Optional[Checkpoint] = None,
+        idle_timeout: float = 90.0,
+        deadline: Optional[float] = None,
+        max_retries: int = 10,
+        project_id: Optional[str] = None,
+        allow_insecure_http: bool = False,
+        ssl_context: Optional[ssl.SSLContext] = None,
+        max_event_bytes: int = 16 * 1024 * 1024,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 30.0,
+        on_retry: Optional[Callable[[int, float, str], None]] = None,
+    ) -> None:
+        key = api_key if api_key is not None else os.environ.get("KERNEL_API_KEY", "")
+        if not key:
+            raise ConfigurationError(
+                "no API key: set the KERNEL_API_KEY environment variable (or pass api_key)"
+            )
+        if not invocation_id:
+            raise ConfigurationError("the invocation id is empty")
+        _check_text("invocation id", invocation_id)
+        _check_text("API key", key)
+        if idle_timeout <= 0:
+            raise ConfigurationError("idle_timeout must be positive")
+        if max_retries < 0:
+            raise ConfigurationError("max_retries must be 0 or more")
+        self.invocation_id = invocation_id
+        self.base_url = (base_url or os.environ.get("KERNEL_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        self._key = _Secret(key)
+        parts = urllib.parse.urlsplit(self.base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigurationError(
+                f"the base URL {self.base_url!r} is not an http(s) URL; check KERNEL_BASE_URL"
+            )
+        if parts.username or parts.password:
+            raise ConfigurationError("the base URL must not carry credentials; use KERNEL_API_KEY")
+        if parts.scheme == "http" and not _is_loopback(parts.hostname) and not allow_insecure_http:
+            raise ConfigurationError(
+                f"refusing to send the API key over plain HTTP to {parts.hostname}; "
+                "use https, or allow it explicitly (allow_insecure_http)"
+            )
+        self._scheme = parts.scheme
+        self._host = parts.hostname
+        self._port = parts.port or (443 if parts.scheme == "https" else 80)
+        self._path_prefix = parts.path.rstrip("/")
+        self._first_since = since
+        self.checkpoint = checkpoint or Checkpoint()
+        self.idle_timeout = idle_timeout
+        self.deadline = deadline
+        self.max_retries = max_retries
+        self.project_id = project_id if project_id is not None else os.environ.get("KERNEL_PROJECT_ID")
+        if self.project_id:
+            _check_text("project id", self.project_id)
+        self._ssl_context = ssl_context
+        self.max_event_bytes = max_event_bytes
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.on_retry = on_retry
+        self.attempt = 0
+        self.reconnects = 0
+        self.invocation: Optional[Invocation] = None
+        self.finished = False
+        self._connection: Optional[http.client.HTTPConnection] = None
+        self._ends_at: Optional[float] = None
+        # Resume state: the boundary timestamp and what was delivered at it.
+        self._boundary: Optional[Tuple[datetime, int]] = None
+        self._seen_at_boundary: Dict[str, int] = {}
+        self._skip: Dict[str, int] = {}
+        self._replaying = False
+        if self.checkpoint.since is not None:
+            since_text = self.checkpoint.since
+            self._boundary = _time_key(parse_timestamp(since_text), since_text)
+            for data in self.checkpoint.seen:
+                self._seen_at_boundary[data] = self._seen_at_boundary.get(data, 0) + 1
+
+    def __repr__(self) -> str:
+        return f"<Follower {self.invocation_id!r} at {self.base_url} attempt={self.attempt}>"
+
+    # -- the loop ------------------------------------------------------
+
+    def __iter__(self) -> Iterator[KernelEvent]:
+        """Yield every event once, in order, up to the terminal state."""
+        if self.deadline is not None:
+            self._ends_at = time.monotonic() + self.deadline
+        failures = 0
+        idle_failures = 0
+        try:
+            while True:
+                self.attempt += 1
+                progressed = False
+                try:
+                    for event in self._stream_once():
+                        if not isinstance(event, HeartbeatEvent):
+                            progressed = True
+                        yield event
+                        if self.finished:
+                            return
+                    raise _Attempt("the server ended the stream before the terminal state")
+                except _Attempt as ended:
+                    failures = 0 if progressed else failures + 1
+                    idle_failures = idle_failures + 1 if ended.idle else 0
+                    if failures > self.max_retries:
+                        self._give_up(ended, failures, idle_failures)
+                    delay = self._backoff(failures, ended.retry_after)
+                    self.reconnects += 1
+                    if self.on_retry is not None:
+                        self.on_retry(self.attempt + 1, delay, ended.reason)
+                    self._sleep(delay)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Close the connection, if one is open."""
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    def _give_up(self, ended: _Attempt, failures: int, idle_failures: int) -> None:
+        """Raise the error for retries exhausted."""
+        if idle_failures == failures:
+            raise StreamTimeout(
+                f"no event for {self.idle_timeout:g}s, {failures} times in a row; the server "
+                "sends heartbeats, so the connection is stalled: check proxies and the "
+                "network, or raise the idle timeout"
+            )
+        raise ConnectionFailed(
+            f"gave up after {failures} failed attempts in a row (last: {ended.reason}); "
+            "check the network and KERNEL_BASE_URL, or raise max_retries"
+        )
+
+    def _backoff(self, failures: int, retry_after: Optional[float]) -> float:
+        """Seconds to wait before the next attempt: capped full jitter."""
+        if retry_after is not None:
+            return retry_after
+        ceiling = min(self.backoff_cap, self.backoff_base * (2 ** min(failures, 30)))
+        return random.uniform(0, ceiling)
+
+    def _remaining(self) -> Optional[float]:
+        """Seconds left before the deadline, or None without one."""
+        if self._ends_at is None:
+            return None
+        return self._ends_at - time.monotonic()
+
+    def _sleep(self, delay: float) -> None:
+        """Wait ``delay`` seconds, but never past the deadline."""
+        remaining = self._remaining()
+        if remaining is not None and delay >= remaining:
+            time.sleep(max(0.0, remaining))
+            self._deadline_passed()
+        time.sleep(delay)
+
+    def _deadline_passed(self) -> NoReturn:
+        """Raise DeadlineExceeded."""
+        raise DeadlineExceeded(
+            f"the deadline of {self.deadline:g}s passed before the invocation finished; "
+            "raise the deadline, or resume later from the checkpoint (--state-file)"
+        )
+
+    # -- one attempt ---------------------------------------------------
+
+    def _request_path(self) -> str:
+        """The events path, with ``since`` for a resume."""
+        path = f"{self._path_prefix}/invocations/{urllib.parse.quote(self.invocation_id, safe='')}/events"
+        since = self.checkpoint.since or self._first_since
+        if since:
+            path += "?" + urllib.parse.urlencode({"since": since})
+        return path
+
+    def _headers(self) -> Dict[str, str]:
+        """The request headers (the only place the key is used)."""
+        headers = {
+            "Authorization": f"Bearer {self._key.value}",
+            "Accept": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "User-Agent": f"kernel-sse/{__version__} Python/{platform.python_version()}",
+        }
+        if self.project_id:
+            headers["X-Kernel-Project-Id"] = self.project_id
+        return headers
+
+    def _open(self, host: str, port: int, scheme: str) -> http.client.HTTPConnection:
+        """Make a connection, through the HTTPS proxy if the environment names one."""
+        timeout = self._time_left(_CONNECT_TIMEOUT)
+        if scheme == "http":
+            return http.client.HTTPConnection(host, port, timeout=timeout)
+        context = self._ssl_context or ssl.create_default_context()
+        proxy = _proxy_for(host)
+        if proxy is None:
+            return http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
+        proxy_parts = urllib.parse.urlsplit(proxy if "://" in proxy else "http://" + proxy)
+        connection = http.client.HTTPSConnection(
+            proxy_parts.hostname or "", proxy_parts.port or 8080, timeout=timeout, context=context
+        )
+        tunnel_headers = {}
+        if proxy_parts.username is not None:
+            credentials = f"{urllib.parse.unquote(proxy_parts.username)}:" + urllib.parse.unquote(
+                proxy_parts.password or ""
+            )
+            tunnel_headers["Proxy-Authorization"] = "Basic " + base64.b64encode(
+                credentials.encode()
+            ).decode("ascii")
+        connection.set_tunnel(host, port, headers=tunnel_headers)
+        return connection
+
+    def _time_left(self, limit: float) -> float:
+        """``limit``, shortened to what is left before the deadline."""
+        remaining = self._remaining()
+        if remaining is None:
+            return limit
+        if remaining <= 0:
+            self._deadline_passed()
+        return min(limit, remaining)
+
+    def _connect(self) -> http.client.HTTPResponse:
+        """Send the request, following same-origin redirects; return a 200 response."""
+        scheme, host, port = self._scheme, self._host, self._port
+        path = self._request_path()
+        for _hop in range(_MAX_REDIRECTS + 1):
+            self.close()
+            connection = self._connection = self._open(host, port, scheme)
+            try:
+                connection.request("GET", path, headers=self._headers())
+                response = connection.getresponse()
+            except socket.timeout:
+                if self._remaining() is not None and self._time_left(1.0) <= 0:
+                    self._deadline_passed()  # pragma: no cover - a narrow race
+                raise _Attempt("timed out connecting") from None
+            except (OSError, http.client.HTTPException) as exc:
+                raise _Attempt(f"connection failed: {_describe(exc)}") from None
+            status = response.status
+            if status == 200:
+                content_type = response.getheader("Content-Type", "")
+                if not content_type.lower().startswith("text/event-stream"):
+                    raise _Attempt(f"expected an event stream, got {content_type or 'no content type'}")
+                return response
+            if status in _REDIRECT_STATUSES:
+                location = response.getheader("Location", "")
+                target = urllib.parse.urlsplit(
+                    urllib.parse.urljoin(f"{scheme}://{host}:{port}{path}", location)
+                )
+                target_port = target.port or (443 if target.scheme == "https" else 80)
+                if (target.scheme, target.hostname, target_port) != (scheme, host, port):
+                    raise APIStatusError(
+                        status,
+                        "redirect_refused",
+                        f"redirect to another origin ({target.scheme}://{target.hostname}:"
+                        f"{target_port}) refused so the API key stays with {host}; "
+                        "set KERNEL_BASE_URL to the new address if it is trusted",
+                    )
+                path = target.path + ("?" + target.query if target.query else "")
+                continue
+            body = _read_body(response)
+            if status in _RETRYABLE_STATUSES or status >= 500:
+                raise _Attempt(
+                    f"the API answered {status}",
+                    retry_after=_parse_retry_after(response.getheader("Retry-After")),
+                )
+            code, message = _error_body(status, body)
+            raise _STATUS_ERRORS.get(status, APIStatusError)(status, code, message)
+        raise _Attempt(f"more than {_MAX_REDIRECTS} redirects")
+
+    def _stream_once(self) -> Iterator[KernelEvent]:
+        """One connection: yield new events until the stream ends or stalls."""
+        response = self._connect()
+        assert self._connection is not None and self._connection.sock is not None
+        sock: socket.socket = self._connection.sock
+        parser = SSEParser(self.max_event_bytes)
+        self._replaying = self._boundary is not None
+        self._skip = dict(self._seen_at_boundary)
+        idle_ends = time.monotonic() + self.idle_timeout
+        while True:
+            now = time.monotonic()
+            wait = idle_ends - now
+            if self._ends_at is not None and self._ends_at - now < wait:
+                wait = self._ends_at - now
+                if wait <= 0:
+                    self._deadline_passed()
+            if wait <= 0:
+                raise _Attempt(f"no event for {self.idle_timeout:g}s", idle=True)
+            sock.settimeout(wait)
+            try:
+                chunk = response.read1(_READ_SIZE)
+            except socket.timeout:
+                continue  # the loop head tells the idle limit from the deadline
+            except (OSError, http.client.HTTPException) as exc:
+                raise _Attempt(f"the connection broke: {_describe(exc)}") from None
+            if not chunk:
+                raise _Attempt("the server ended the stream before the terminal state")
+            try:
+                sses = parser.feed(chunk)
+                oversized = False
+            except EventTooLarge as exc:
+                sses = exc.events
+                oversized = True
+            if sses:
+                idle_ends = time.monotonic() + self.idle_timeout
+            for sse in sses:
+                event = self._typed(sse)
+                if event is not None:
+                    yield event
+                    if self.finished:
+                        return
+            if oversized:
+                yield _client_error(
+                    "client_event_too_large",
+                    f"an event larger than {self.max_event_bytes} bytes was skipped",
+                    "",
+                )
+
+    def _typed(self, sse: ServerSentEvent) -> Optional[KernelEvent]:
+        """Type one event; None when it repeats one already delivered."""
+        try:
+            event = parse_event(sse)
+        except MalformedEvent as exc:
+            return _client_error("client_malformed_event", exc.reason, exc.data)
+        if isinstance(event, (LogEvent, InvocationStateEvent, ErrorEvent)):
+            if not self._deliver(event.timestamp, event.timestamp_raw, sse.data):
+                return None
+            if isinstance(event, InvocationStateEvent):
+                self.invocation = event.invocation
+                self.finished = event.invocation.is_terminal
+        return event
+
+    def _deliver(self, timestamp: datetime, raw: str, data: str) -> bool:
+        """Decide if an event is new; if so, record it in the checkpoint.
+
+        On a resume the server replays from ``since`` inclusive: drop what
+        lies before the boundary, and at the boundary exactly as many copies
+        of each event as were delivered before.
+        """
+        key = _time_key(timestamp, raw)
+        boundary = self._boundary
+        if self._replaying and boundary is not None:
+            if key < boundary:
+                return False
+            if key == boundary:
+                left = self._skip.get(data, 0)
+                if left:
+                    self._skip[data] = left - 1
+                    return False
+            else:
+                self._replaying = False
+        if boundary is None or key > boundary:
+            self._boundary = key
+            self._seen_at_boundary = {data: 1}
+            self.checkpoint = Checkpoint(raw, (data,))
+        elif key == boundary:
+            self._seen_at_boundary[data] = self._seen_at_boundary.get(data, 0) + 1
+            self.checkpoint = Checkpoint(self.checkpoint.since, self.checkpoint.seen + (data,))
+        return True
+
+
+# Public in CPython since 3.0 but missing from typeshed's stubs.
+_proxy_bypass_environment = cast(
+    Callable[[str, Dict[str, str]], bool], getattr(urllib.request, "proxy_bypass_environment")
+)
+
+
+def _proxy_for(host: str) -> Optional[str]:
+    """The HTTPS proxy the environment names for ``host``, if any."""
+    proxies = urllib.request.getproxies_environment()
+    proxy = proxies.get("https")
+    if not proxy or _proxy_bypass_environment(host, proxies):
+        return None
+    return proxy
+
+
+def _describe(exc: BaseException) -> str:
+    """A one-line description of a network error."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _read_body(response: http.client.HTTPResponse) -> bytes:
+    """Read an error body, bounded, never failing."""
+    try:
+        return response.read(65536)
+    except (OSError, http.client.HTTPException):
+        return b""
+
+
+def _error_body(status: int, body: bytes) -> Tuple[str, str]:
+    """The spec's ``Error`` {code, message} from a body, or a description."""
+    try:
+        obj = json.loads(body.decode("utf-8", "replace"))
+    except (ValueError, RecursionError):
+        obj = None
+    if isinstance(obj, dict) and isinstance(obj.get("code"), str) and isinstance(obj.get("message"), str):
+        return str(obj["code"]), str(obj["message"])
+    reason = http.client.responses.get(status, "error")
+    return reason.lower().replace(" ", "_"), reason
+
+
+def follow(
+    invocation_id: str,
+    *,
+    api_key: Optional[str] = None,
+    base_url: Optional[str] = None,
+    since: Optional[str] = None,
+    checkpoint: Optional[Checkpoint] = None,
+    idle_timeout: float = 90.0,
+    deadline: Optional[float] = None,
+    max_retries: int = 10,
+    project_id: Optional[str] = None,
+    allow_insecure_http: bool = False,
+    ssl_context: Optional[ssl.SSLContext] = None,
+    max_event_bytes: int = 16 * 1024 * 1024,
+) -> Iterator[KernelEvent]:
+    """Yield an invocation's events once each, in order, to its terminal state.
+
+    ``api_key`` and ``base_url`` default to ``KERNEL_API_KEY`` and
+    ``KERNEL_BASE_URL``.  See :class:`Follower` for the behaviour and for
+    lifecycle details (reconnects, checkpoints).
+    """
+    return iter(
+        Follower(
+            invocation_id,
+            api_key=api_key,
+            base_url=base_url,
+            since=since,
+            checkpoint=checkpoint,
+            idle_timeout=idle_timeout,
+            deadline=deadline,
+            max_retries=max_retries,
+            project_id=project_id,
+            allow_insecure_http=allow_insecure_http,
+            ssl_context=ssl_context,
+            max_event_bytes=max_event_bytes,
+        )
+    )
 
 
 # ======================================================================
