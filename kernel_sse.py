@@ -12,33 +12,45 @@ bottom up, each in its own section below:
 
 from __future__ import annotations
 
+import argparse
 import base64
 import codecs
+import contextlib
 import email.utils
 import http.client
+import importlib
+import importlib.util
+import inspect
 import ipaddress
 import json
 import os
 import platform
 import random
 import re
+import signal
 import socket
 import ssl
 import sys
+import tempfile
 import time
+import traceback
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import (
+    TYPE_CHECKING,
+    Any,
     Callable,
     ClassVar,
     Iterator,
     NoReturn,
     Dict,
     List,
+    Mapping,
     NamedTuple,
     Optional,
+    Sequence,
     Tuple,
     Union,
     cast,
@@ -1317,13 +1329,940 @@ def follow(
 
 
 # ======================================================================
-# Command line
+# Output: events as text lines or JSON lines (plain functions)
 # ======================================================================
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def format_time(timestamp: datetime) -> str:
+    """A timestamp as a short, sortable UTC string with milliseconds."""
+    utc = timestamp.astimezone(timezone.utc)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
+def format_text(event: KernelEvent) -> Optional[str]:
+    """Render an event as one human-readable line (None for heartbeats).
+
+    The line has no colour; plugins add it.  Log messages are printed as the
+    application wrote them.
+    """
+    if isinstance(event, LogEvent):
+        return f"{format_time(event.timestamp)} {event.message}"
+    if isinstance(event, InvocationStateEvent):
+        invocation = event.invocation
+        reason = f": {invocation.status_reason}" if invocation.status_reason else ""
+        return f"{format_time(event.timestamp)} [{invocation.status}]{reason}"
+    if isinstance(event, ErrorEvent):
+        return f"{format_time(event.timestamp)} [error] {event.error.code}: {event.error.message}"
+    if isinstance(event, UnknownEvent):
+        return f"[{event.event}] {json.dumps(event.raw, ensure_ascii=False, sort_keys=True)}"
+    return None
+
+
+def format_json(event: KernelEvent) -> str:
+    """Render an event as one JSON line: the object the API sent, values as sent."""
+    return json.dumps(event.raw, ensure_ascii=False, separators=(",", ":"))
+
+
+def format_result(invocation: Invocation, elapsed: Optional[float] = None) -> str:
+    """Describe a finished invocation: status, reason, duration and output."""
+    lines = [
+        f"invocation {invocation.id} ({invocation.app_name} {invocation.action_name} "
+        f"v{invocation.version}) {invocation.status}"
+        + (f": {invocation.status_reason}" if invocation.status_reason else "")
+    ]
+    if invocation.finished_at is not None:
+        took = (invocation.finished_at - invocation.started_at).total_seconds()
+        lines[0] += f" after {took:.1f}s"
+    elif elapsed is not None:
+        lines[0] += f" (followed for {elapsed:.1f}s)"
+    if invocation.output is not None:
+        try:
+            output = json.dumps(json.loads(invocation.output), indent=2, ensure_ascii=False)
+        except (ValueError, RecursionError):
+            output = invocation.output
+        lines.append("output: " + output)
+    return "\n".join(lines)
+
+
+# ======================================================================
+# Hooks
+# ======================================================================
+
+HOOK_NAMES = (
+    "add_arguments",
+    "on_start",
+    "on_log",
+    "on_state",
+    "on_error",
+    "on_heartbeat",
+    "on_unknown",
+    "on_reconnect",
+    "on_terminal",
+    "on_finish",
+)
+"""Every hook a plugin can implement, in the order they first fire."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a follow ended, as the ``on_finish`` hook and the exit code see it.
+
+    ``status`` is ``succeeded`` or ``failed`` (the invocation's own), or
+    ``refused`` (the API said no), ``gave_up`` (retries or idle limit),
+    ``deadline``, ``interrupted``, ``plugin_error``.  ``invocation`` is the
+    last state seen, ``message`` says what went wrong, if anything.
+    """
+
+    status: str
+    exit_code: int
+    invocation: Optional[Invocation] = None
+    message: Optional[str] = None
+
+
+class FollowContext:
+    """What a hook knows about the follow in progress; read-only.
+
+    Never holds the API key.
+    """
+
+    def __init__(self, follower: Follower, options: Mapping[str, object]) -> None:
+        self._follower = follower
+        self._options = dict(options)
+        self._started = datetime.now(timezone.utc)
+        self._started_clock = time.monotonic()
+
+    @property
+    def invocation_id(self) -> str:
+        """The invocation being followed."""
+        return self._follower.invocation_id
+
+    @property
+    def base_url(self) -> str:
+        """The API base URL."""
+        return self._follower.base_url
+
+    @property
+    def attempt(self) -> int:
+        """The connection attempt in progress (1 for the first request)."""
+        return self._follower.attempt
+
+    @property
+    def reconnects(self) -> int:
+        """How many drops were recovered from so far."""
+        return self._follower.reconnects
+
+    @property
+    def started_at(self) -> datetime:
+        """When the follow started (aware, UTC)."""
+        return self._started
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since the follow started."""
+        return time.monotonic() - self._started_clock
+
+    @property
+    def options(self) -> Mapping[str, object]:
+        """The parsed command-line options (plugins' own included), by dest name."""
+        return self._options
+
+    def __repr__(self) -> str:
+        return f"<FollowContext {self.invocation_id!r} attempt={self.attempt}>"
+
+
+class HookSpecs:
+    """The hooks a kernel-sse plugin may implement (mark them ``@kernel_sse.hookimpl``).
+
+    A plugin may take any subset of a hook's arguments.  A hook that raises
+    is reported once on stderr and the others still run.
+    """
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """Add the plugin's command-line options, before the command line is parsed.
+
+        ``parser`` is the ``follow`` (and ``demo``) subcommand's parser.
+        """
+
+    def on_start(self, context: FollowContext) -> None:
+        """The follow is starting (before the first request)."""
+
+    def on_log(self, event: LogEvent, context: FollowContext) -> None:
+        """A log line the application wrote; each is delivered once."""
+
+    def on_state(self, event: InvocationStateEvent, context: FollowContext) -> None:
+        """The invocation's state changed (or was reported on connect)."""
+
+    def on_error(self, event: ErrorEvent, context: FollowContext) -> None:
+        """An error event; not terminal.  Codes starting ``client_`` come from
+        kernel-sse itself (malformed or oversized data), with the raw data in
+        ``event.error.details``."""
+
+    def on_heartbeat(self, event: HeartbeatEvent, context: FollowContext) -> None:
+        """The server's keep-alive arrived."""
+
+    def on_unknown(self, event: UnknownEvent, context: FollowContext) -> None:
+        """An event of a kind this version does not know, kept whole in ``event.raw``."""
+
+    def on_reconnect(self, attempt: int, delay: float, reason: str, context: FollowContext) -> None:
+        """The connection was lost (``reason``); attempt ``attempt`` starts in ``delay`` s."""
+
+    def on_terminal(self, invocation: Invocation, context: FollowContext) -> None:
+        """The invocation reached ``succeeded`` or ``failed``; called exactly once."""
+
+    def on_finish(self, outcome: Outcome, context: FollowContext) -> None:
+        """The follow is over, however it ended (also without a terminal state)."""
+
+
+def _import_pluggy() -> Any:
+    """Import pluggy, or explain how to get it."""
+    try:
+        import pluggy
+    except ImportError:
+        raise PluginError(
+            "plugins need the 'pluggy' package: pip install pluggy (or pip install kernel-sse)"
+        ) from None
+    return pluggy
+
+
+if TYPE_CHECKING:  # pragma: no cover - for mypy and plugin authors' editors
+    import pluggy
+
+    hookimpl: pluggy.HookimplMarker
+    hookspec: pluggy.HookspecMarker
+
+
+def __getattr__(name: str) -> Any:
+    """Create ``hookimpl`` and ``hookspec`` on first use, so that importing
+    kernel_sse never imports pluggy."""
+    if name in ("hookimpl", "hookspec"):
+        pluggy = _import_pluggy()
+        marker = pluggy.HookimplMarker("kernel_sse") if name == "hookimpl" else pluggy.HookspecMarker("kernel_sse")
+        globals()[name] = marker
+        return marker
+    raise AttributeError(f"module 'kernel_sse' has no attribute {name!r}")
+
+
+class PluginError(KernelSSEError):
+    """A plugin could not be loaded or used as asked."""
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """One loaded plugin, as ``kernel-sse plugins`` lists it."""
+
+    name: str
+    source: str
+    version: str
+    hooks: Tuple[str, ...]
+
+    def to_json(self) -> JSONObject:
+        """The JSON object ``kernel-sse plugins --json`` prints."""
+        return {"name": self.name, "source": self.source, "version": self.version, "hooks": list(self.hooks)}
+
+
+BUNDLED_PLUGINS = ("console", "jsonl", "webhook", "prometheus", "logging")
+"""The plugins that ship in ``kernel_sse_plugins``, registered by default."""
+
+
+class _Impl(NamedTuple):
+    """One plugin's implementation of one hook."""
+
+    plugin: str
+    function: Callable[..., object]
+    argnames: Tuple[str, ...]
+
+
+class Hooks:
+    """Calls plugin hooks one implementation at a time, so a failing plugin
+    neither stops the follow nor keeps the others from the event.
+
+    Typed methods (one per hook) keep callers checked by mypy.
+    """
+
+    def __init__(self, impls: Mapping[str, Sequence[_Impl]], strict: bool = False, trace: bool = False) -> None:
+        self._impls = impls
+        self.strict = strict
+        self.trace = trace
+        self.errors: List[Tuple[str, str, BaseException]] = []
+        self._reported: set[Tuple[str, str]] = set()
+
+    def _call(self, hook: str, **kwargs: object) -> None:
+        for impl in self._impls.get(hook, ()):
+            if self.trace:
+                print(f"kernel-sse trace: {impl.plugin}.{hook}({', '.join(impl.argnames)})", file=sys.stderr)
+            try:
+                impl.function(*[kwargs[name] for name in impl.argnames])
+            except Exception as exc:  # a plugin's bug must not stop the follow
+                self.errors.append((impl.plugin, hook, exc))
+                if (impl.plugin, hook) not in self._reported:
+                    self._reported.add((impl.plugin, hook))
+                    print(
+                        f"kernel-sse: plugin {impl.plugin!r} failed in {hook}: {_describe(exc)}",
+                        file=sys.stderr,
+                    )
+                if self.strict:
+                    raise PluginFailed(impl.plugin, hook, exc) from exc
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """Let plugins add command-line options."""
+        self._call("add_arguments", parser=parser)
+
+    def on_start(self, context: FollowContext) -> None:
+        """The follow starts."""
+        self._call("on_start", context=context)
+
+    def on_event(self, event: KernelEvent, context: FollowContext) -> None:
+        """Route one event to its hook."""
+        if isinstance(event, LogEvent):
+            self._call("on_log", event=event, context=context)
+        elif isinstance(event, InvocationStateEvent):
+            self._call("on_state", event=event, context=context)
+        elif isinstance(event, ErrorEvent):
+            self._call("on_error", event=event, context=context)
+        elif isinstance(event, HeartbeatEvent):
+            self._call("on_heartbeat", event=event, context=context)
+        else:
+            self._call("on_unknown", event=event, context=context)
+
+    def on_reconnect(self, attempt: int, delay: float, reason: str, context: FollowContext) -> None:
+        """The connection dropped; another attempt follows."""
+        self._call("on_reconnect", attempt=attempt, delay=delay, reason=reason, context=context)
+
+    def on_terminal(self, invocation: Invocation, context: FollowContext) -> None:
+        """The invocation finished."""
+        self._call("on_terminal", invocation=invocation, context=context)
+
+    def on_finish(self, outcome: Outcome, context: FollowContext) -> None:
+        """The follow is over."""
+        self._call("on_finish", outcome=outcome, context=context)
+
+
+class PluginFailed(KernelSSEError):
+    """A plugin raised and ``--strict-plugins`` made that fatal."""
+
+    def __init__(self, plugin: str, hook: str, error: BaseException) -> None:
+        super().__init__(
+            f"plugin {plugin!r} failed in {hook}: {_describe(error)}; fix or block it (-p no:{plugin})"
+        )
+        self.plugin = plugin
+        self.hook = hook
+        self.error = error
+
+
+def _impls_of(obj: object, plugin: str) -> Dict[str, List[_Impl]]:
+    """Hook implementations of a plain object (no pluggy): its hook-named methods."""
+    impls: Dict[str, List[_Impl]] = {}
+    for hook in HOOK_NAMES:
+        function = getattr(obj, hook, None)
+        if callable(function):
+            argnames = tuple(inspect.signature(function).parameters)
+            impls.setdefault(hook, []).append(_Impl(plugin, function, argnames))
+    return impls
+
+
+class PluginSet:
+    """The plugins of one run: loaded with pluggy, listed, turned into :class:`Hooks`."""
+
+    def __init__(self) -> None:
+        pluggy = _import_pluggy()
+        self._manager = pluggy.PluginManager("kernel_sse")
+        self._manager.add_hookspecs(_hookspecs_class())
+        self.sources: Dict[str, str] = {}
+
+    def register(self, plugin: object, name: str, source: str) -> None:
+        """Register one plugin object (usually a module) under ``name``."""
+        if self._manager.is_blocked(name) or self._manager.has_plugin(name):
+            return
+        try:
+            self._manager.register(plugin, name=name)
+            self._manager.check_pending()
+        except Exception as exc:  # pluggy's validation errors name the bad hook
+            if self._manager.is_registered(plugin):
+                self._manager.unregister(plugin)
+            raise PluginError(f"plugin {name!r} ({source}) is not valid: {exc}") from None
+        for caller in self._manager.get_hookcallers(plugin) or ():
+            for impl in caller.get_hookimpls():
+                if impl.plugin is plugin and (impl.hookwrapper or getattr(impl, "wrapper", False)):
+                    self._manager.unregister(plugin)
+                    raise PluginError(
+                        f"plugin {name!r} uses a hook wrapper, which kernel-sse does not support: "
+                        "hooks are called one by one so a failing plugin cannot stop the others"
+                    )
+        self.sources[name] = source
+
+    def block(self, name: str) -> None:
+        """Block a plugin by name (``-p no:NAME``), bundled ones included."""
+        self._manager.set_blocked(name)
+
+    def load(self, spec: str, source: str) -> None:
+        """Load a plugin from a module name or a path to a ``.py`` file."""
+        name, module = _import_plugin(spec)
+        self.register(module, name, source)
+
+    def load_bundled(self) -> None:
+        """Register the bundled plugins, when their package is installed."""
+        for name in BUNDLED_PLUGINS:
+            if self._manager.is_blocked(name):
+                continue
+            try:
+                module = importlib.import_module(f"kernel_sse_plugins.{name}")
+            except ImportError:
+                continue  # a lone kernel_sse.py: the CLI prints by itself
+            self.register(module, name, "bundled")
+
+    def load_entry_points(self) -> None:
+        """Register the plugins installed under the entry-point group ``kernel_sse``."""
+        for entry_point in _entry_points("kernel_sse"):
+            if self._manager.is_blocked(entry_point.name) or self._manager.has_plugin(entry_point.name):
+                continue
+            try:
+                plugin = entry_point.load()
+            except Exception as exc:
+                raise PluginError(f"entry-point plugin {entry_point.name!r} failed to load: {_describe(exc)}") from None
+            self.register(plugin, entry_point.name, "entrypoint")
+
+    def names(self) -> List[str]:
+        """Registered plugin names, in registration order."""
+        return [name for name, _plugin in self._manager.list_name_plugin() if name in self.sources]
+
+    def info(self) -> List[PluginInfo]:
+        """What ``kernel-sse plugins`` lists."""
+        result = []
+        for name, plugin in self._manager.list_name_plugin():
+            if name not in self.sources:
+                continue
+            hooks = tuple(sorted(caller.name for caller in self._manager.get_hookcallers(plugin) or ()))
+            version = getattr(plugin, "__version__", None)
+            if not isinstance(version, str):
+                version = _distribution_version(plugin) or __version__ if self.sources[name] == "bundled" else "unknown"
+            result.append(PluginInfo(name, self.sources[name], version, hooks))
+        return result
+
+    def hooks(self, strict: bool = False, trace: bool = False) -> Hooks:
+        """The typed hook caller over every registered plugin."""
+        impls: Dict[str, List[_Impl]] = {}
+        for hook in HOOK_NAMES:
+            caller = getattr(self._manager.hook, hook)
+            # pluggy calls the last registered first; keep that order.
+            impls[hook] = [
+                _Impl(impl.plugin_name, impl.function, tuple(impl.argnames))
+                for impl in reversed(caller.get_hookimpls())
+            ]
+        return Hooks(impls, strict=strict, trace=trace)
+
+
+_SPECS_MARKED: List[type] = []
+
+
+def _hookspecs_class() -> type:
+    """HookSpecs, with pluggy's spec marker applied (once)."""
+    if not _SPECS_MARKED:
+        spec_marker = _import_pluggy().HookspecMarker("kernel_sse")
+        for hook in HOOK_NAMES:
+            spec_marker(getattr(HookSpecs, hook))
+        _SPECS_MARKED.append(HookSpecs)
+    return HookSpecs
+
+
+def _import_plugin(spec: str) -> Tuple[str, object]:
+    """Import ``spec`` (a module name or a ``.py`` path); return (name, module)."""
+    if spec.endswith(".py") or os.sep in spec:
+        path = os.path.abspath(spec)
+        name = os.path.splitext(os.path.basename(path))[0]
+        if not os.path.isfile(path):
+            raise PluginError(f"plugin file {spec!r} does not exist")
+        module_spec = importlib.util.spec_from_file_location(f"kernel_sse_plugin_{name}", path)
+        if module_spec is None or module_spec.loader is None:
+            raise PluginError(f"cannot load plugin file {spec!r}")
+        module = importlib.util.module_from_spec(module_spec)
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as exc:
+            raise PluginError(f"plugin file {spec!r} failed to import: {_describe(exc)}") from None
+        return name, module
+    try:
+        return spec.rsplit(".", 1)[-1], importlib.import_module(spec)
+    except Exception as exc:
+        raise PluginError(f"plugin {spec!r} failed to import: {_describe(exc)}") from None
+
+
+def _entry_points(group: str) -> List[Any]:
+    """Entry points of ``group`` (importlib.metadata's API differs by version)."""
+    from importlib import metadata
+
+    found = metadata.entry_points()
+    if hasattr(found, "select"):
+        return list(found.select(group=group))
+    return list(cast(Dict[str, List[Any]], found).get(group, []))  # pragma: no cover - Python < 3.10
+
+
+def _distribution_version(plugin: object) -> Optional[str]:
+    """The installed version of the distribution a plugin module belongs to."""
+    module = getattr(plugin, "__name__", "")
+    if not isinstance(module, str) or not module.startswith("kernel_sse_plugins"):
+        return None
+    try:
+        from importlib import metadata
+
+        return metadata.version("kernel-sse")
+    except Exception:
+        return None
+
+
+# ======================================================================
+# Command line
+# ======================================================================
+
+EXIT_SUCCEEDED = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_REFUSED = 3
+EXIT_GAVE_UP = 4
+EXIT_PLUGIN_ERROR = 5
+EXIT_LOCKED = 75
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+
+_DURATION = re.compile(r"(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|\u00b5s|ms|s|m|h)(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|\u00b5s|ms|s|m|h))*\Z")
+_STATE_KIND = "kernel-sse-state"
+_SAVE_EVERY = 1.0  # seconds between state-file writes while following
+
+
+class UsageError(KernelSSEError):
+    """The command line cannot run as given (exit 2)."""
+
+
+class _Signalled(BaseException):
+    """Internal: SIGTERM arrived; unwinds the follow like KeyboardInterrupt."""
+
+
+class _BuiltinOutput:
+    """Text or JSON lines on stdout with no plugin at all (a lone kernel_sse.py).
+
+    The bundled ``console`` and ``jsonl`` plugins replace it when installed.
+    """
+
+    def __init__(self, output_format: str, quiet: bool) -> None:
+        self.output_format = output_format
+        self.quiet = quiet
+
+    def _write(self, event: KernelEvent) -> None:
+        if self.quiet:
+            return
+        line = format_json(event) if self.output_format == "jsonl" else format_text(event)
+        if line is not None:
+            print(line, flush=True)
+
+    def on_log(self, event: LogEvent) -> None:
+        """Print a log line."""
+        self._write(event)
+
+    def on_state(self, event: InvocationStateEvent) -> None:
+        """Print a state change."""
+        self._write(event)
+
+    def on_error(self, event: ErrorEvent) -> None:
+        """Print an error event."""
+        self._write(event)
+
+    def on_heartbeat(self, event: HeartbeatEvent) -> None:
+        """Heartbeats appear in JSON lines only."""
+        self._write(event)
+
+    def on_unknown(self, event: UnknownEvent) -> None:
+        """Print an event of an unknown kind."""
+        self._write(event)
+
+    def on_terminal(self, invocation: Invocation, context: FollowContext) -> None:
+        """Print the result (text output only: JSON lines stay pure)."""
+        if self.output_format == "text":
+            print(format_result(invocation, context.elapsed), flush=True)
+
+
+def _add_follow_options(parser: argparse.ArgumentParser) -> None:
+    """The options ``follow`` and ``demo`` share."""
+    parser.add_argument("--format", choices=("text", "jsonl"), default="text",
+                        help="text lines, or one JSON object per event (default: text)")
+    parser.add_argument("--idle-timeout", type=float, default=90.0, metavar="SECONDS",
+                        help="seconds without any event (heartbeats count) before reconnecting (default: 90)")
+    parser.add_argument("--deadline", type=float, default=None, metavar="SECONDS",
+                        help="give up (exit 4) if the invocation has not finished after this many seconds (default: none)")
+    parser.add_argument("--max-retries", type=int, default=10, metavar="N",
+                        help="after a failed attempt, at most N more in a row (default: 10)")
+    parser.add_argument("--state-file", metavar="PATH",
+                        help="resume from and save progress to PATH, so repeated runs print each line once")
+    parser.add_argument("-p", dest="plugins", action="append", default=[], metavar="PLUGIN",
+                        help="load a plugin (module name or .py path); -p no:NAME blocks one; repeatable")
+    parser.add_argument("--strict-plugins", action="store_true",
+                        help="stop at the first plugin error (exit 5) instead of reporting it and going on")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print only the outcome")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="connection diagnostics on stderr, and tracebacks for errors")
+
+
+def _build_parser() -> Tuple[argparse.ArgumentParser, List[argparse.ArgumentParser]]:
+    """The command-line parser, and the subparsers plugins may extend."""
+    parser = argparse.ArgumentParser(
+        prog="kernel-sse",
+        description="Follow a Kernel invocation's live event stream.",
+        epilog="exit status: 0 succeeded, 1 failed, 2 usage, 3 refused by the API, 4 gave up, "
+        "5 plugin error, 75 state file locked, 130/143 interrupted",
+    )
+    parser.add_argument("--version", action="version", version=f"kernel-sse {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    follow_parser = commands.add_parser("follow", help="follow an invocation until it finishes")
+    follow_parser.add_argument("invocation_id", metavar="INVOCATION_ID")
+    follow_parser.add_argument("--base-url", default=None,
+                               help=f"API base URL (default: $KERNEL_BASE_URL or {DEFAULT_BASE_URL})")
+    follow_parser.add_argument("--api-key-file", metavar="PATH",
+                               help="read the API key from PATH (default: $KERNEL_API_KEY)")
+    follow_parser.add_argument("--since", default=None,
+                               help="start at this RFC 3339 time or this long ago (e.g. 5m, 1h30m)")
+    _add_follow_options(follow_parser)
+    demo_parser = commands.add_parser("demo", help="follow a demo invocation on a local emulator (offline)")
+    demo_parser.add_argument("--speed", type=float, default=1.0, help="run the ~10 s demo this many times faster")
+    _add_follow_options(demo_parser)
+    plugins_parser = commands.add_parser("plugins", help="list the loaded plugins")
+    plugins_parser.add_argument("--json", action="store_true", help="as a JSON list")
+    plugins_parser.add_argument("-p", dest="plugins", action="append", default=[], metavar="PLUGIN",
+                                help="also load this plugin; -p no:NAME blocks one")
+    return parser, [follow_parser, demo_parser]
+
+
+def _requested_plugins(argv: Sequence[str]) -> List[str]:
+    """The -p values of a command line, before it can be fully parsed."""
+    found = []
+    for index, arg in enumerate(argv):
+        if arg == "-p" and index + 1 < len(argv):
+            found.append(argv[index + 1])
+        elif arg.startswith("-p") and len(arg) > 2 and not arg.startswith("--"):
+            found.append(arg[2:])
+    return found
+
+
+def _load_plugins(argv: Sequence[str]) -> Optional[PluginSet]:
+    """Load every plugin the run asks for; None when pluggy is missing and none is needed."""
+    requested = _requested_plugins(argv)
+    from_env = [name.strip() for name in os.environ.get("KERNEL_SSE_PLUGINS", "").split(",") if name.strip()]
+    try:
+        plugins = PluginSet()
+    except PluginError:
+        if [spec for spec in requested + from_env if not spec.startswith("no:")]:
+            raise
+        return None
+    for spec in requested + from_env:
+        if spec.startswith("no:"):
+            plugins.block(spec[3:])
+    plugins.load_bundled()
+    if not os.environ.get("KERNEL_SSE_DISABLE_PLUGIN_AUTOLOAD"):
+        plugins.load_entry_points()
+    for spec in from_env:
+        if not spec.startswith("no:"):
+            plugins.load(spec, "env")
+    for spec in requested:
+        if not spec.startswith("no:"):
+            plugins.load(spec, "-p")
+    return plugins
+
+
+def _hooks_for(plugins: Optional[PluginSet], args: argparse.Namespace) -> Hooks:
+    """The hooks of this run: the plugins', or the built-in output alone."""
+    strict = bool(getattr(args, "strict_plugins", False))
+    trace = os.environ.get("KERNEL_SSE_TRACE", "") not in ("", "0")
+    if plugins is None:
+        builtin = _BuiltinOutput(args.format, args.quiet)
+        return Hooks(_impls_of(builtin, "console"), strict=strict, trace=trace)
+    names = plugins.names()
+    if "console" not in names and "jsonl" not in names and "console" not in _blocked(args):
+        plugins.register(_marked(_BuiltinOutput(args.format, args.quiet)), "console", "builtin")
+    return plugins.hooks(strict=strict, trace=trace)
+
+
+def _blocked(args: argparse.Namespace) -> List[str]:
+    """Plugin names blocked with -p no:NAME or KERNEL_SSE_PLUGINS."""
+    specs = list(getattr(args, "plugins", [])) + os.environ.get("KERNEL_SSE_PLUGINS", "").split(",")
+    return [spec.strip()[3:] for spec in specs if spec.strip().startswith("no:")]
+
+
+def _marked(output: _BuiltinOutput) -> _BuiltinOutput:
+    """Mark the built-in output's methods as hook implementations for pluggy."""
+    marker = _import_pluggy().HookimplMarker("kernel_sse")
+    for hook in HOOK_NAMES:
+        function = getattr(type(output), hook, None)
+        if function is not None and not hasattr(function, "kernel_sse_impl"):
+            marker(function)
+    return output
+
+
+def _read_api_key(args: argparse.Namespace) -> str:
+    """The API key from --api-key-file or KERNEL_API_KEY."""
+    if args.api_key_file:
+        try:
+            with open(args.api_key_file, encoding="utf-8") as handle:
+                key = handle.read().strip()
+        except OSError as exc:
+            raise UsageError(f"cannot read the API key file {args.api_key_file!r}: {exc.strerror}") from None
+        if not key:
+            raise UsageError(f"the API key file {args.api_key_file!r} is empty")
+        return key
+    key = os.environ.get("KERNEL_API_KEY", "").strip()
+    if not key:
+        raise UsageError("no API key: set KERNEL_API_KEY (or pass --api-key-file PATH)")
+    return key
+
+
+def _check_since(value: Optional[str]) -> None:
+    """Refuse a --since the API would reject, before any request."""
+    if value is None:
+        return
+    if _DURATION.match(value):
+        return
+    try:
+        parse_timestamp(value)
+    except ValueError:
+        raise UsageError(
+            f"--since {value!r} is neither an RFC 3339 time (2025-06-20T12:00:00Z) nor a duration (5m, 1h30m)"
+        ) from None
+
+
+class _StateFile:
+    """The ``--state-file``: a locked, atomically written JSON checkpoint."""
+
+    def __init__(self, path: str, invocation_id: str) -> None:
+        self.path = path
+        self.invocation_id = invocation_id
+        self._lock_handle: Optional[Any] = None
+        self.finished_status: Optional[str] = None
+
+    def lock(self) -> None:
+        """Take the exclusive lock, or raise _Locked."""
+        import fcntl
+
+        handle = open(self.path + ".lock", "a+")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            raise _Locked(f"another run holds the lock on {self.path!r}; try again later") from None
+        self._lock_handle = handle
+
+    def unlock(self) -> None:
+        """Release the lock."""
+        if self._lock_handle is not None:
+            self._lock_handle.close()
+            self._lock_handle = None
+
+    def load(self) -> Optional[Checkpoint]:
+        """The saved checkpoint, None for a new file; UsageError if corrupt or foreign."""
+        try:
+            with open(self.path, encoding="utf-8") as handle:
+                text = handle.read()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise UsageError(f"cannot read the state file {self.path!r}: {exc.strerror}") from None
+        try:
+            obj = json.loads(text)
+            if not isinstance(obj, dict) or obj.get("kind") != _STATE_KIND:
+                raise ValueError("not a kernel-sse state file")
+            if obj.get("invocation_id") != self.invocation_id:
+                raise UsageError(
+                    f"the state file {self.path!r} belongs to invocation {obj.get('invocation_id')!r}, "
+                    f"not {self.invocation_id!r}: use another --state-file"
+                )
+            finished = obj.get("finished_status")
+            if finished is not None and finished not in TERMINAL_STATUSES:
+                raise ValueError("bad finished_status")
+            self.finished_status = finished
+            return Checkpoint.from_json(obj.get("checkpoint"))
+        except (ValueError, RecursionError) as exc:
+            raise UsageError(
+                f"the state file {self.path!r} is corrupt or not kernel-sse's ({exc}); "
+                "move it away to start over"
+            ) from None
+
+    def save(self, checkpoint: Checkpoint, finished_status: Optional[str]) -> None:
+        """Write atomically: temp file, fsync, rename; mode 0600."""
+        obj = {
+            "kind": _STATE_KIND,
+            "version": 1,
+            "invocation_id": self.invocation_id,
+            "checkpoint": checkpoint.to_json(),
+            "finished_status": finished_status,
+        }
+        directory = os.path.dirname(os.path.abspath(self.path))
+        fd, temp = tempfile.mkstemp(prefix=".kernel-sse-", dir=directory)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(obj, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(temp, 0o600)
+            os.replace(temp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise
+
+
+class _Locked(KernelSSEError):
+    """Internal: the state file is locked by another run (exit 75)."""
+
+
+def _exit_for_status(status: str) -> int:
+    return EXIT_SUCCEEDED if status == "succeeded" else EXIT_FAILED
+
+
+def _run_follow(args: argparse.Namespace, hooks: Hooks, api_key: str, base_url: Optional[str]) -> int:
+    """Follow one invocation through the hooks; return the exit status."""
+    state = _StateFile(args.state_file, args.invocation_id) if args.state_file else None
+    if state is not None:
+        state.lock()
+    try:
+        checkpoint = state.load() if state is not None else None
+        if state is not None and state.finished_status is not None:
+            return _exit_for_status(state.finished_status)  # delivered in an earlier run
+        follower = Follower(
+            args.invocation_id,
+            api_key=api_key,
+            base_url=base_url,
+            since=getattr(args, "since", None),
+            checkpoint=checkpoint,
+            idle_timeout=args.idle_timeout,
+            deadline=args.deadline,
+            max_retries=args.max_retries,
+        )
+        return _drive(follower, args, hooks, state)
+    finally:
+        if state is not None:
+            state.unlock()
+
+
+def _drive(follower: Follower, args: argparse.Namespace, hooks: Hooks, state: Optional[_StateFile]) -> int:
+    """Run the follow, call the hooks, save state, and decide the exit status."""
+    context = FollowContext(follower, vars(args))
+
+    def on_retry(attempt: int, delay: float, reason: str) -> None:
+        if args.verbose:
+            print(f"kernel-sse: {reason}; attempt {attempt} in {delay:.2f}s", file=sys.stderr)
+        hooks.on_reconnect(attempt, delay, reason, context)
+
+    follower.on_retry = on_retry
+    saved_at = time.monotonic()
+    outcome: Outcome
+    try:
+        hooks.on_start(context)
+        for event in follower:
+            hooks.on_event(event, context)
+            if state is not None and time.monotonic() - saved_at >= _SAVE_EVERY:
+                state.save(follower.checkpoint, None)
+                saved_at = time.monotonic()
+        invocation = follower.invocation
+        assert invocation is not None and invocation.is_terminal
+        if state is not None:
+            state.save(follower.checkpoint, invocation.status)
+        hooks.on_terminal(invocation, context)
+        outcome = Outcome(invocation.status, _exit_for_status(invocation.status), invocation)
+    except APIStatusError as exc:
+        outcome = Outcome("refused", EXIT_REFUSED, follower.invocation, str(exc))
+    except DeadlineExceeded as exc:
+        outcome = Outcome("deadline", EXIT_GAVE_UP, follower.invocation, str(exc))
+    except (ConnectionFailed, StreamTimeout) as exc:
+        outcome = Outcome("gave_up", EXIT_GAVE_UP, follower.invocation, str(exc))
+    except PluginFailed as exc:
+        outcome = Outcome("plugin_error", EXIT_PLUGIN_ERROR, follower.invocation, str(exc))
+    except KeyboardInterrupt:
+        outcome = Outcome("interrupted", EXIT_SIGINT, follower.invocation, "interrupted (SIGINT)")
+    except _Signalled:
+        outcome = Outcome("interrupted", EXIT_SIGTERM, follower.invocation, "terminated (SIGTERM)")
+    finally:
+        follower.close()
+    if state is not None and outcome.status not in TERMINAL_STATUSES:
+        state.save(follower.checkpoint, None)
+    if outcome.message is not None:
+        print(f"kernel-sse: {outcome.message}", file=sys.stderr)
+    try:
+        hooks.on_finish(outcome, context)
+    except PluginFailed:
+        return EXIT_PLUGIN_ERROR
+    if outcome.exit_code == EXIT_SUCCEEDED and hooks.errors:
+        return EXIT_PLUGIN_ERROR
+    return outcome.exit_code
+
+
+def _list_plugins(plugins: Optional[PluginSet], as_json: bool) -> int:
+    """``kernel-sse plugins``: one line (or JSON object) per plugin."""
+    infos = plugins.info() if plugins is not None else []
+    if as_json:
+        print(json.dumps([info.to_json() for info in infos], indent=2))
+    elif not infos:
+        print("no plugins (pluggy is not installed: the built-in text and jsonl output is used)")
+    for info in infos if not as_json else ():
+        print(f"{info.name} {info.version} ({info.source}): {', '.join(info.hooks) or 'no hooks'}")
+    return EXIT_SUCCEEDED
+
+
+def _run_demo(args: argparse.Namespace, hooks: Hooks) -> int:
+    """``kernel-sse demo``: follow the emulator's demo invocation, offline."""
+    try:
+        import kernel_sse_emulator as emulator_module
+    except ImportError:
+        raise UsageError("the demo needs kernel_sse_emulator.py next to kernel_sse.py (pip install kernel-sse)") from None
+    api_key = base64.urlsafe_b64encode(os.urandom(18)).decode("ascii")
+    script = emulator_module.demo_script(speed=args.speed)
+    with emulator_module.running_emulator(
+        script, api_key=api_key, heartbeat_interval=emulator_module.DEFAULT_HEARTBEAT_INTERVAL / args.speed
+    ) as emulator:
+        args.invocation_id = script.id
+        return _run_follow(args, hooks, api_key, emulator.url)
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise _Signalled()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the ``kernel-sse`` command line; return its exit status."""
-    raise SystemExit("kernel-sse: the command line is not built yet")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = "-v" in argv or "--verbose" in argv
+    try:
+        plugins = _load_plugins(argv)
+        parser, extensible = _build_parser()
+        if plugins is not None:
+            for subparser in extensible:
+                plugins.hooks(strict=True).add_arguments(subparser)
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exc:
+            return EXIT_SUCCEEDED if exc.code == 0 else EXIT_USAGE
+        if args.command is None:
+            parser.print_help(sys.stderr)
+            return EXIT_USAGE
+        if args.command == "plugins":
+            return _list_plugins(plugins, args.json)
+        if args.max_retries < 0 or args.idle_timeout <= 0 or (args.deadline is not None and args.deadline <= 0):
+            raise UsageError("--max-retries must be >= 0, --idle-timeout and --deadline > 0")
+        hooks = _hooks_for(plugins, args)
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        try:
+            if args.command == "demo":
+                return _run_demo(args, hooks)
+            _check_since(args.since)
+            return _run_follow(args, hooks, _read_api_key(args), args.base_url)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+    except _Locked as exc:
+        print(f"kernel-sse: {exc}", file=sys.stderr)
+        return EXIT_LOCKED
+    except (UsageError, ConfigurationError, PluginError) as exc:
+        if verbose:
+            traceback.print_exc()
+        print(f"kernel-sse: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_SIGINT
+    except _Signalled:
+        return EXIT_SIGTERM
 
 
 if __name__ == "__main__":
