@@ -65,6 +65,18 @@ __all__ = [
     "SSEProtocolError",
     "EventTooLarge",
     "MalformedEvent",
+    "ConfigurationError",
+    "APIStatusError",
+    "BadRequestError",
+    "AuthenticationError",
+    "PermissionDeniedError",
+    "NotFoundError",
+    "StreamTimeout",
+    "DeadlineExceeded",
+    "ConnectionFailed",
+    "PluginError",
+    "PluginFailed",
+    "UsageError",
     # parser
     "SSEParser",
     "ServerSentEvent",
@@ -82,6 +94,29 @@ __all__ = [
     "TERMINAL_STATUSES",
     "parse_event",
     "parse_timestamp",
+    # follow loop
+    "DEFAULT_BASE_URL",
+    "Checkpoint",
+    "Follower",
+    "follow",
+    # output
+    "format_time",
+    "format_text",
+    "format_json",
+    "format_result",
+    # hooks
+    "HOOK_NAMES",
+    "BUNDLED_PLUGINS",
+    "HookSpecs",
+    "FollowContext",
+    "Outcome",
+    "Hooks",
+    "PluginSet",
+    "PluginInfo",
+    # hookimpl and hookspec are public too, but left out of __all__ so that
+    # ``from kernel_sse import *`` never needs pluggy.
+    # command line
+    "main",
 ]
 
 
@@ -128,6 +163,82 @@ class MalformedEvent(KernelSSEError):
         )
         self.reason = reason
         self.data = data
+
+
+class ConfigurationError(KernelSSEError):
+    """The call cannot be made as asked: no key, a bad URL or a bad id."""
+
+
+class APIStatusError(KernelSSEError):
+    """The API answered with an error status that retrying cannot fix.
+
+    ``status`` is the HTTP status, ``code`` and ``message`` come from the
+    spec's ``Error`` body (or describe the status when the body has none).
+    """
+
+    hint = "check the request"
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"the API answered {status} ({code}: {message}); {self.hint}")
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class BadRequestError(APIStatusError):
+    """400: the API rejected the request, e.g. an unparsable ``since``."""
+
+    hint = "check the --since value and the invocation id"
+
+
+class AuthenticationError(APIStatusError):
+    """401: the API key was missing or refused."""
+
+    hint = "the API key was refused: check KERNEL_API_KEY (or --api-key-file)"
+
+
+class PermissionDeniedError(APIStatusError):
+    """403: the key may not read this invocation."""
+
+    hint = "the key may not read this invocation: check its project and scope"
+
+
+class NotFoundError(APIStatusError):
+    """404: there is no such invocation (for this key and project)."""
+
+    hint = "no such invocation: check the id, the project and KERNEL_BASE_URL"
+
+
+class StreamTimeout(KernelSSEError):
+    """The stream stayed silent (no event) past the idle limit too often."""
+
+
+class DeadlineExceeded(KernelSSEError):
+    """The follow's total deadline passed before the invocation finished."""
+
+
+class ConnectionFailed(KernelSSEError):
+    """Every attempt in a row failed; the retries are exhausted."""
+
+
+class PluginError(KernelSSEError):
+    """A plugin could not be loaded or used as asked."""
+
+
+class PluginFailed(KernelSSEError):
+    """A plugin raised and ``--strict-plugins`` made that fatal."""
+
+    def __init__(self, plugin: str, hook: str, error: BaseException) -> None:
+        super().__init__(
+            f"plugin {plugin!r} failed in {hook}: {_describe(error)}; fix or block it (-p no:{plugin})"
+        )
+        self.plugin = plugin
+        self.hook = hook
+        self.error = error
+
+
+class UsageError(KernelSSEError):
+    """The command line cannot run as given (exit 2)."""
 
 
 # ======================================================================
@@ -703,62 +814,6 @@ _READ_SIZE = 65536
 _CONNECT_TIMEOUT = 30.0
 
 
-class ConfigurationError(KernelSSEError):
-    """The call cannot be made as asked: no key, a bad URL or a bad id."""
-
-
-class APIStatusError(KernelSSEError):
-    """The API answered with an error status that retrying cannot fix.
-
-    ``status`` is the HTTP status, ``code`` and ``message`` come from the
-    spec's ``Error`` body (or describe the status when the body has none).
-    """
-
-    hint = "check the request"
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(f"the API answered {status} ({code}: {message}); {self.hint}")
-        self.status = status
-        self.code = code
-        self.message = message
-
-
-class BadRequestError(APIStatusError):
-    """400: the API rejected the request, e.g. an unparsable ``since``."""
-
-    hint = "check the --since value and the invocation id"
-
-
-class AuthenticationError(APIStatusError):
-    """401: the API key was missing or refused."""
-
-    hint = "the API key was refused: check KERNEL_API_KEY (or --api-key-file)"
-
-
-class PermissionDeniedError(APIStatusError):
-    """403: the key may not read this invocation."""
-
-    hint = "the key may not read this invocation: check its project and scope"
-
-
-class NotFoundError(APIStatusError):
-    """404: there is no such invocation (for this key and project)."""
-
-    hint = "no such invocation: check the id, the project and KERNEL_BASE_URL"
-
-
-class StreamTimeout(KernelSSEError):
-    """The stream stayed silent (no event) past the idle limit too often."""
-
-
-class DeadlineExceeded(KernelSSEError):
-    """The follow's total deadline passed before the invocation finished."""
-
-
-class ConnectionFailed(KernelSSEError):
-    """Every attempt in a row failed; the retries are exhausted."""
-
-
 _STATUS_ERRORS: Dict[int, Callable[[int, str, str], APIStatusError]] = {
     400: BadRequestError,
     401: AuthenticationError,
@@ -1120,8 +1175,9 @@ class Follower:
                 connection.request("GET", path, headers=self._headers())
                 response = connection.getresponse()
             except socket.timeout:
-                if self._remaining() is not None and self._time_left(1.0) <= 0:
-                    self._deadline_passed()  # pragma: no cover - a narrow race
+                remaining = self._remaining()
+                if remaining is not None and remaining <= 0:
+                    self._deadline_passed()
                 raise _Attempt("timed out connecting") from None
             except (OSError, http.client.HTTPException) as exc:
                 raise _Attempt(f"connection failed: {_describe(exc)}") from None
@@ -1542,10 +1598,6 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'kernel_sse' has no attribute {name!r}")
 
 
-class PluginError(KernelSSEError):
-    """A plugin could not be loaded or used as asked."""
-
-
 @dataclass(frozen=True)
 class PluginInfo:
     """One loaded plugin, as ``kernel-sse plugins`` lists it."""
@@ -1637,18 +1689,6 @@ class Hooks:
         self._call("on_finish", outcome=outcome, context=context)
 
 
-class PluginFailed(KernelSSEError):
-    """A plugin raised and ``--strict-plugins`` made that fatal."""
-
-    def __init__(self, plugin: str, hook: str, error: BaseException) -> None:
-        super().__init__(
-            f"plugin {plugin!r} failed in {hook}: {_describe(error)}; fix or block it (-p no:{plugin})"
-        )
-        self.plugin = plugin
-        self.hook = hook
-        self.error = error
-
-
 def _impls_of(obj: object, plugin: str) -> Dict[str, List[_Impl]]:
     """Hook implementations of a plain object (no pluggy): its hook-named methods."""
     impls: Dict[str, List[_Impl]] = {}
@@ -1668,8 +1708,9 @@ class PluginSet:
         self._manager = pluggy.PluginManager("kernel_sse")
         self._manager.add_hookspecs(_hookspecs_class())
         self.sources: Dict[str, str] = {}
+        self.versions: Dict[str, str] = {}
 
-    def register(self, plugin: object, name: str, source: str) -> None:
+    def register(self, plugin: object, name: str, source: str, version: Optional[str] = None) -> None:
         """Register one plugin object (usually a module) under ``name``."""
         if self._manager.is_blocked(name) or self._manager.has_plugin(name):
             return
@@ -1689,6 +1730,8 @@ class PluginSet:
                         "hooks are called one by one so a failing plugin cannot stop the others"
                     )
         self.sources[name] = source
+        module_version = getattr(plugin, "__version__", None)
+        self.versions[name] = version or (module_version if isinstance(module_version, str) else "unknown")
 
     def block(self, name: str) -> None:
         """Block a plugin by name (``-p no:NAME``), bundled ones included."""
@@ -1708,7 +1751,7 @@ class PluginSet:
                 module = importlib.import_module(f"kernel_sse_plugins.{name}")
             except ImportError:
                 continue  # a lone kernel_sse.py: the CLI prints by itself
-            self.register(module, name, "bundled")
+            self.register(module, name, "bundled", __version__)
 
     def load_entry_points(self) -> None:
         """Register the plugins installed under the entry-point group ``kernel_sse``."""
@@ -1719,7 +1762,8 @@ class PluginSet:
                 plugin = entry_point.load()
             except Exception as exc:
                 raise PluginError(f"entry-point plugin {entry_point.name!r} failed to load: {_describe(exc)}") from None
-            self.register(plugin, entry_point.name, "entrypoint")
+            dist = getattr(entry_point, "dist", None)
+            self.register(plugin, entry_point.name, "entrypoint", getattr(dist, "version", None))
 
     def names(self) -> List[str]:
         """Registered plugin names, in registration order."""
@@ -1732,10 +1776,7 @@ class PluginSet:
             if name not in self.sources:
                 continue
             hooks = tuple(sorted(caller.name for caller in self._manager.get_hookcallers(plugin) or ()))
-            version = getattr(plugin, "__version__", None)
-            if not isinstance(version, str):
-                version = _distribution_version(plugin) or __version__ if self.sources[name] == "bundled" else "unknown"
-            result.append(PluginInfo(name, self.sources[name], version, hooks))
+            result.append(PluginInfo(name, self.sources[name], self.versions[name], hooks))
         return result
 
     def hooks(self, strict: bool = False, trace: bool = False) -> Hooks:
@@ -1796,19 +1837,6 @@ def _entry_points(group: str) -> List[Any]:
     return list(cast(Dict[str, List[Any]], found).get(group, []))  # pragma: no cover - Python < 3.10
 
 
-def _distribution_version(plugin: object) -> Optional[str]:
-    """The installed version of the distribution a plugin module belongs to."""
-    module = getattr(plugin, "__name__", "")
-    if not isinstance(module, str) or not module.startswith("kernel_sse_plugins"):
-        return None
-    try:
-        from importlib import metadata
-
-        return metadata.version("kernel-sse")
-    except Exception:
-        return None
-
-
 # ======================================================================
 # Command line
 # ======================================================================
@@ -1826,10 +1854,6 @@ EXIT_SIGTERM = 143
 _DURATION = re.compile(r"(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|\u00b5s|ms|s|m|h)(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|\u00b5s|ms|s|m|h))*\Z")
 _STATE_KIND = "kernel-sse-state"
 _SAVE_EVERY = 1.0  # seconds between state-file writes while following
-
-
-class UsageError(KernelSSEError):
-    """The command line cannot run as given (exit 2)."""
 
 
 class _Signalled(BaseException):
@@ -1971,10 +1995,13 @@ def _hooks_for(plugins: Optional[PluginSet], args: argparse.Namespace) -> Hooks:
     trace = os.environ.get("KERNEL_SSE_TRACE", "") not in ("", "0")
     if plugins is None:
         builtin = _BuiltinOutput(args.format, args.quiet)
-        return Hooks(_impls_of(builtin, "console"), strict=strict, trace=trace)
+        return Hooks(_impls_of(builtin, "builtin"), strict=strict, trace=trace)
     names = plugins.names()
-    if "console" not in names and "jsonl" not in names and "console" not in _blocked(args):
-        plugins.register(_marked(_BuiltinOutput(args.format, args.quiet)), "console", "builtin")
+    # A lone kernel_sse.py has no bundled output plugins: print by itself,
+    # under the name of the plugin it stands in for (so -p no:NAME works).
+    stand_in = "jsonl" if args.format == "jsonl" else "console"
+    if "console" not in names and "jsonl" not in names and stand_in not in _blocked(args):
+        plugins.register(_marked(_BuiltinOutput(args.format, args.quiet)), stand_in, "builtin", __version__)
     return plugins.hooks(strict=strict, trace=trace)
 
 
@@ -2254,7 +2281,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except _Locked as exc:
         print(f"kernel-sse: {exc}", file=sys.stderr)
         return EXIT_LOCKED
-    except (UsageError, ConfigurationError, PluginError) as exc:
+    except (UsageError, ConfigurationError, PluginError, PluginFailed) as exc:
         if verbose:
             traceback.print_exc()
         print(f"kernel-sse: {exc}", file=sys.stderr)
