@@ -12,32 +12,16 @@ bottom up, each in its own section below:
 
 from __future__ import annotations
 
-import argparse
-import base64
-import codecs
-import contextlib
-import email.utils
-import http.client
-import importlib
-import importlib.util
-import inspect
-import ipaddress
+# Only what every use needs is imported here: the network, TLS, argparse and
+# the like are imported where they are used, so ``import kernel_sse`` stays
+# fast on a slow disk.
 import json
 import os
-import platform
-import random
 import re
-import signal
-import socket
-import ssl
 import sys
-import tempfile
 import time
-import traceback
-import urllib.parse
-import urllib.request
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -55,6 +39,11 @@ from typing import (
     Union,
     cast,
 )
+
+if TYPE_CHECKING:  # pragma: no cover - names for annotations only
+    import argparse
+    import http.client
+    import ssl
 
 __version__ = "0.1.0"
 
@@ -245,7 +234,7 @@ class UsageError(KernelSSEError):
 # SSE parser (sans-I/O)
 # ======================================================================
 
-_BOM = codecs.BOM_UTF8
+_BOM = b"\xef\xbb\xbf"  # UTF-8 byte order mark
 # Byte values, not one-byte strings: ``10 in data`` is a plain memchr, while
 # ``b"\n" in data`` first fails (expensively) to read its operand as an int.
 _LF, _CR, _NUL = 10, 13, 0
@@ -513,6 +502,31 @@ _RFC3339 = re.compile(
 )
 
 
+# Python 3.11+ reads "2025-06-20T12:00:00.123456789Z" as it is, far faster
+# than the general path below.
+_FROMISOFORMAT_READS_Z = sys.version_info >= (3, 11)
+
+
+def _is_plain_utc(text: str) -> bool:
+    """True for the usual shape, YYYY-MM-DDTHH:MM:SS[.fff|.ffffff|.fffffffff]Z.
+
+    Checking the separators pins the shape, so fromisoformat (which reads
+    more than RFC 3339, e.g. week dates) only has digits left to judge.
+    """
+    size = len(text)
+    return (
+        (size == 20 or (size in (24, 27, 30) and text[19] == "."))
+        and text[-1] == "Z"
+        and text[4] == "-"
+        and text[7] == "-"
+        and text[10] == "T"
+        and text[13] == ":"
+        and text[16] == ":"
+        and text[17:19] != "60"
+        and text.isascii()
+    )
+
+
 def parse_timestamp(text: str) -> datetime:
     """Parse an RFC 3339 timestamp into an aware ``datetime``.
 
@@ -522,6 +536,8 @@ def parse_timestamp(text: str) -> datetime:
     version.  A leap second (``:60``) is kept as ``:59``.  Raises
     ``ValueError`` for anything else.
     """
+    if _FROMISOFORMAT_READS_Z and _is_plain_utc(text):
+        return datetime.fromisoformat(text)
     match = _RFC3339.match(text)
     if match is None:
         raise ValueError(f"not an RFC 3339 timestamp: {text!r}")
@@ -748,15 +764,31 @@ def parse_event(sse: ServerSentEvent) -> KernelEvent:
     data that is not the JSON the spec describes raises
     :class:`MalformedEvent` carrying the raw data.
     """
+    data = sse.data
     try:
-        obj = json.loads(sse.data)
-    except ValueError as exc:
-        raise MalformedEvent(f"invalid JSON: {exc}", sse.data) from None
-    except RecursionError:
-        raise MalformedEvent("JSON nested too deeply", sse.data) from None
-    if not isinstance(obj, dict):
-        raise MalformedEvent(f"expected a JSON object, got {_kind(obj)}", sse.data)
+        # json.loads is this plus Python-level checks that double its cost.
+        obj, end = _scan_json(data, 0)
+        if end != len(data):
+            obj = _load_json(data)  # whitespace around it, or not JSON
+    except (StopIteration, ValueError, RecursionError):
+        obj = _load_json(data)
+    if type(obj) is not dict:
+        raise MalformedEvent(f"expected a JSON object, got {_kind(obj)}", data)
     kind = obj.get("event", sse.event)
+    if kind == "log":  # nearly every event: built without the general path
+        stamp = obj.get("timestamp")
+        message = obj.get("message")
+        if type(message) is str and type(stamp) is str and _FROMISOFORMAT_READS_Z and _is_plain_utc(stamp):
+            try:
+                when = datetime.fromisoformat(stamp)
+            except ValueError:
+                pass  # e.g. February 30th: the general path says why
+            else:
+                event = _object_new(LogEvent)
+                _object_setattr(
+                    event, "__dict__", {"timestamp": when, "message": message, "timestamp_raw": stamp, "raw": obj}
+                )
+                return event
     if not isinstance(kind, str):
         raise MalformedEvent(f"event must be a string, got {_kind(kind)}", sse.data)
     builder = _BUILDERS.get(kind)
@@ -765,7 +797,25 @@ def parse_event(sse: ServerSentEvent) -> KernelEvent:
     try:
         return builder(_Fields(obj, kind))
     except _Invalid as exc:
-        raise MalformedEvent(str(exc), sse.data) from None
+        raise MalformedEvent(str(exc), data) from None
+
+
+# The C scanner json.loads uses underneath (not in typeshed's stubs).
+_scan_json = cast(Callable[[str, int], Tuple[object, int]], getattr(json.JSONDecoder(), "scan_once"))
+# A frozen dataclass's __init__ sets each field through object.__setattr__;
+# setting the instance dict once is what makes the log fast path fast.
+_object_new = object.__new__
+_object_setattr = object.__setattr__
+
+
+def _load_json(data: str) -> object:
+    """json.loads, with its errors turned into MalformedEvent."""
+    try:
+        return json.loads(data)
+    except ValueError as exc:
+        raise MalformedEvent(f"invalid JSON: {exc}", data) from None
+    except RecursionError:
+        raise MalformedEvent("JSON nested too deeply", data) from None
 
 
 def _log(fields: _Fields) -> LogEvent:
@@ -807,6 +857,7 @@ _BUILDERS: Dict[str, Callable[[_Fields], KernelEvent]] = {
 DEFAULT_BASE_URL = "https://api.onkernel.com"
 """Where the Kernel API lives unless ``KERNEL_BASE_URL`` or ``base_url`` says otherwise."""
 
+_PYTHON_VERSION = "%d.%d.%d" % sys.version_info[:3]
 _RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS = 5
@@ -878,6 +929,8 @@ class _Attempt(Exception):
 
 def _is_loopback(host: str) -> bool:
     """True for localhost and loopback addresses (plain HTTP is safe there)."""
+    import ipaddress
+
     if host == "localhost" or host.endswith(".localhost"):
         return True
     try:
@@ -907,6 +960,8 @@ def _time_key(timestamp: datetime, raw: str) -> Tuple[datetime, int]:
 
 def _parse_retry_after(value: Optional[str]) -> Optional[float]:
     """Seconds to wait from a ``Retry-After`` header, or None."""
+    import email.utils
+
     if not value:
         return None
     value = value.strip()
@@ -964,6 +1019,8 @@ class Follower:
         backoff_cap: float = 30.0,
         on_retry: Optional[Callable[[int, float, str], None]] = None,
     ) -> None:
+        import urllib.parse
+
         key = api_key if api_key is not None else os.environ.get("KERNEL_API_KEY", "")
         if not key:
             raise ConfigurationError(
@@ -1085,6 +1142,8 @@ class Follower:
         """Seconds to wait before the next attempt: capped full jitter."""
         if retry_after is not None:
             return retry_after
+        import random
+
         ceiling = min(self.backoff_cap, self.backoff_base * (2 ** min(failures, 30)))
         return random.uniform(0, ceiling)
 
@@ -1113,6 +1172,8 @@ class Follower:
 
     def _request_path(self) -> str:
         """The events path, with ``since`` for a resume."""
+        import urllib.parse
+
         path = f"{self._path_prefix}/invocations/{urllib.parse.quote(self.invocation_id, safe='')}/events"
         since = self.checkpoint.since or self._first_since
         if since:
@@ -1125,7 +1186,7 @@ class Follower:
             "Authorization": f"Bearer {self._key.value}",
             "Accept": "text/event-stream",
             "Cache-Control": "no-cache",
-            "User-Agent": f"kernel-sse/{__version__} Python/{platform.python_version()}",
+            "User-Agent": f"kernel-sse/{__version__} Python/{_PYTHON_VERSION}",
         }
         if self.project_id:
             headers["X-Kernel-Project-Id"] = self.project_id
@@ -1133,6 +1194,11 @@ class Follower:
 
     def _open(self, host: str, port: int, scheme: str) -> http.client.HTTPConnection:
         """Make a connection, through the HTTPS proxy if the environment names one."""
+        import base64
+        import http.client
+        import ssl
+        import urllib.parse
+
         timeout = self._time_left(_CONNECT_TIMEOUT)
         if scheme == "http":
             return http.client.HTTPConnection(host, port, timeout=timeout)
@@ -1166,6 +1232,10 @@ class Follower:
 
     def _connect(self) -> http.client.HTTPResponse:
         """Send the request, following same-origin redirects; return a 200 response."""
+        import http.client
+        import socket
+        import urllib.parse
+
         scheme, host, port = self._scheme, self._host, self._port
         path = self._request_path()
         for _hop in range(_MAX_REDIRECTS + 1):
@@ -1215,9 +1285,12 @@ class Follower:
 
     def _stream_once(self) -> Iterator[KernelEvent]:
         """One connection: yield new events until the stream ends or stalls."""
+        import http.client
+        import socket
+
         response = self._connect()
         assert self._connection is not None and self._connection.sock is not None
-        sock: socket.socket = self._connection.sock
+        sock = self._connection.sock
         parser = SSEParser(self.max_event_bytes)
         self._replaying = self._boundary is not None
         self._skip = dict(self._seen_at_boundary)
@@ -1304,17 +1377,15 @@ class Follower:
         return True
 
 
-# Public in CPython since 3.0 but missing from typeshed's stubs.
-_proxy_bypass_environment = cast(
-    Callable[[str, Dict[str, str]], bool], getattr(urllib.request, "proxy_bypass_environment")
-)
-
-
 def _proxy_for(host: str) -> Optional[str]:
     """The HTTPS proxy the environment names for ``host``, if any."""
+    import urllib.request
+
+    # Public in CPython since 3.0 but missing from typeshed's stubs.
+    bypass = cast(Callable[[str, Dict[str, str]], bool], getattr(urllib.request, "proxy_bypass_environment"))
     proxies = urllib.request.getproxies_environment()
     proxy = proxies.get("https")
-    if not proxy or _proxy_bypass_environment(host, proxies):
+    if not proxy or bypass(host, proxies):
         return None
     return proxy
 
@@ -1327,6 +1398,8 @@ def _describe(exc: BaseException) -> str:
 
 def _read_body(response: http.client.HTTPResponse) -> bytes:
     """Read an error body, bounded, never failing."""
+    import http.client
+
     try:
         return response.read(65536)
     except (OSError, http.client.HTTPException):
@@ -1335,6 +1408,8 @@ def _read_body(response: http.client.HTTPResponse) -> bytes:
 
 def _error_body(status: int, body: bytes) -> Tuple[str, str]:
     """The spec's ``Error`` {code, message} from a body, or a description."""
+    import http.client
+
     try:
         obj = json.loads(body.decode("utf-8", "replace"))
     except (ValueError, RecursionError):
@@ -1691,6 +1766,8 @@ class Hooks:
 
 def _impls_of(obj: object, plugin: str) -> Dict[str, List[_Impl]]:
     """Hook implementations of a plain object (no pluggy): its hook-named methods."""
+    import inspect
+
     impls: Dict[str, List[_Impl]] = {}
     for hook in HOOK_NAMES:
         function = getattr(obj, hook, None)
@@ -1744,6 +1821,8 @@ class PluginSet:
 
     def load_bundled(self) -> None:
         """Register the bundled plugins, when their package is installed."""
+        import importlib
+
         for name in BUNDLED_PLUGINS:
             if self._manager.is_blocked(name):
                 continue
@@ -1807,6 +1886,9 @@ def _hookspecs_class() -> type:
 
 def _import_plugin(spec: str) -> Tuple[str, object]:
     """Import ``spec`` (a module name or a ``.py`` path); return (name, module)."""
+    import importlib
+    import importlib.util
+
     if spec.endswith(".py") or os.sep in spec:
         path = os.path.abspath(spec)
         name = os.path.splitext(os.path.basename(path))[0]
@@ -1926,6 +2008,8 @@ def _add_follow_options(parser: argparse.ArgumentParser) -> None:
 
 def _build_parser() -> Tuple[argparse.ArgumentParser, List[argparse.ArgumentParser]]:
     """The command-line parser, and the subparsers plugins may extend."""
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog="kernel-sse",
         description="Follow a Kernel invocation's live event stream.",
@@ -2110,6 +2194,9 @@ class _StateFile:
 
     def save(self, checkpoint: Checkpoint, finished_status: Optional[str]) -> None:
         """Write atomically: temp file, fsync, rename; mode 0600."""
+        import contextlib
+        import tempfile
+
         obj = {
             "kind": _STATE_KIND,
             "version": 1,
@@ -2235,7 +2322,7 @@ def _run_demo(args: argparse.Namespace, hooks: Hooks) -> int:
         import kernel_sse_emulator as emulator_module
     except ImportError:
         raise UsageError("the demo needs kernel_sse_emulator.py next to kernel_sse.py (pip install kernel-sse)") from None
-    api_key = base64.urlsafe_b64encode(os.urandom(18)).decode("ascii")
+    api_key = os.urandom(16).hex()  # a throwaway key: the emulator is local
     script = emulator_module.demo_script(speed=args.speed)
     with emulator_module.running_emulator(
         script, api_key=api_key, heartbeat_interval=emulator_module.DEFAULT_HEARTBEAT_INTERVAL / args.speed
@@ -2250,6 +2337,9 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the ``kernel-sse`` command line; return its exit status."""
+    import signal
+    import traceback
+
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = "-v" in argv or "--verbose" in argv
     try:
