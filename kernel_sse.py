@@ -36,6 +36,8 @@ from typing import (
     Optional,
     Sequence,
     Tuple,
+    Type,
+    TypeVar,
     Union,
     cast,
 )
@@ -507,24 +509,28 @@ _RFC3339 = re.compile(
 _FROMISOFORMAT_READS_Z = sys.version_info >= (3, 11)
 
 
-def _is_plain_utc(text: str) -> bool:
-    """True for the usual shape, YYYY-MM-DDTHH:MM:SS[.fff|.ffffff|.fffffffff]Z.
+def _plain_utc_time(text: str) -> Optional[datetime]:
+    """Parse the usual shape, YYYY-MM-DDTHH:MM:SS[.fff|.ffffff|.fffffffff]Z,
+    quickly; None for any other text (the general path then decides).
 
     Checking the separators pins the shape, so fromisoformat (which reads
     more than RFC 3339, e.g. week dates) only has digits left to judge.
     """
-    size = len(text)
-    return (
-        (size == 20 or (size in (24, 27, 30) and text[19] == "."))
-        and text[-1] == "Z"
-        and text[4] == "-"
-        and text[7] == "-"
-        and text[10] == "T"
-        and text[13] == ":"
-        and text[16] == ":"
-        and text[17:19] != "60"
-        and text.isascii()
-    )
+    if (
+        _FROMISOFORMAT_READS_Z
+        and text[4:17:3] == "--T::"
+        and text[-1:] == "Z"
+        and len(text) in _PLAIN_UTC_LENGTHS
+        and text[19] in ".Z"
+    ):
+        try:
+            return datetime.fromisoformat(text)
+        except ValueError:
+            return None  # e.g. a leap second, or February 30th
+    return None
+
+
+_PLAIN_UTC_LENGTHS = frozenset({20, 24, 27, 30})
 
 
 def parse_timestamp(text: str) -> datetime:
@@ -536,8 +542,9 @@ def parse_timestamp(text: str) -> datetime:
     version.  A leap second (``:60``) is kept as ``:59``.  Raises
     ``ValueError`` for anything else.
     """
-    if _FROMISOFORMAT_READS_Z and _is_plain_utc(text):
-        return datetime.fromisoformat(text)
+    plain = _plain_utc_time(text)
+    if plain is not None:
+        return plain
     match = _RFC3339.match(text)
     if match is None:
         raise ValueError(f"not an RFC 3339 timestamp: {text!r}")
@@ -775,20 +782,16 @@ def parse_event(sse: ServerSentEvent) -> KernelEvent:
     if type(obj) is not dict:
         raise MalformedEvent(f"expected a JSON object, got {_kind(obj)}", data)
     kind = obj.get("event", sse.event)
-    if kind == "log":  # nearly every event: built without the general path
-        stamp = obj.get("timestamp")
-        message = obj.get("message")
-        if type(message) is str and type(stamp) is str and _FROMISOFORMAT_READS_Z and _is_plain_utc(stamp):
-            try:
-                when = datetime.fromisoformat(stamp)
-            except ValueError:
-                pass  # e.g. February 30th: the general path says why
-            else:
-                event = _object_new(LogEvent)
-                _object_setattr(
-                    event, "__dict__", {"timestamp": when, "message": message, "timestamp_raw": stamp, "raw": obj}
-                )
-                return event
+    # Logs and heartbeats are nearly every event: built without the general path.
+    stamp = obj.get("timestamp")
+    when = _plain_utc_time(stamp) if type(stamp) is str else None
+    if when is not None:
+        if kind == "log":
+            message = obj.get("message")
+            if type(message) is str:
+                return _fast_build(LogEvent, {"timestamp": when, "message": message, "timestamp_raw": stamp, "raw": obj})
+        elif kind == "sse_heartbeat":
+            return _fast_build(HeartbeatEvent, {"timestamp": when, "timestamp_raw": stamp, "raw": obj})
     if not isinstance(kind, str):
         raise MalformedEvent(f"event must be a string, got {_kind(kind)}", sse.data)
     builder = _BUILDERS.get(kind)
@@ -802,10 +805,18 @@ def parse_event(sse: ServerSentEvent) -> KernelEvent:
 
 # The C scanner json.loads uses underneath (not in typeshed's stubs).
 _scan_json = cast(Callable[[str, int], Tuple[object, int]], getattr(json.JSONDecoder(), "scan_once"))
-# A frozen dataclass's __init__ sets each field through object.__setattr__;
-# setting the instance dict once is what makes the log fast path fast.
-_object_new = object.__new__
-_object_setattr = object.__setattr__
+_FastEvent = TypeVar("_FastEvent", LogEvent, HeartbeatEvent)
+
+
+def _fast_build(cls: Type[_FastEvent], fields: Dict[str, object]) -> _FastEvent:
+    """Make a frozen dataclass instance from its complete, checked fields.
+
+    Its __init__ sets each field through object.__setattr__; setting the
+    instance dict at once is what makes the fast path fast.
+    """
+    event = object.__new__(cls)
+    object.__setattr__(event, "__dict__", fields)
+    return event
 
 
 def _load_json(data: str) -> object:
