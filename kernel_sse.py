@@ -15,6 +15,7 @@ from __future__ import annotations
 # Only what every use needs is imported here: the network, TLS, argparse and
 # the like are imported where they are used, so ``import kernel_sse`` stays
 # fast on a slow disk.
+import contextlib
 import json
 import os
 import re
@@ -45,6 +46,7 @@ from typing import (
 if TYPE_CHECKING:  # pragma: no cover - names for annotations only
     import argparse
     import http.client
+    import socket
     import ssl
 
 __version__ = "0.1.0"
@@ -129,16 +131,20 @@ class EventTooLarge(SSEProtocolError):
 
     The parser stays usable: it skips the rest of the oversized event and
     parses the stream on. ``events`` holds every event the same ``feed`` call
-    completed (before and after the discarded one), so nothing else is lost.
+    completed (before and after the discarded one), so nothing else is lost;
+    ``positions`` says where in ``events`` each skipped event stood.
     """
 
-    def __init__(self, limit: int, events: List[ServerSentEvent]) -> None:
+    def __init__(
+        self, limit: int, events: List[ServerSentEvent], positions: Optional[List[int]] = None
+    ) -> None:
         super().__init__(
             f"an event exceeded the {limit}-byte limit and was skipped; "
             "raise max_event_bytes if such events are expected"
         )
         self.limit = limit
         self.events = events
+        self.positions = positions if positions is not None else [len(events)]
 
 
 class MalformedEvent(KernelSSEError):
@@ -292,7 +298,7 @@ class SSEParser:
         self._block_retry: Optional[int] = None
         self._discarding = False  # skipping an oversized event to its blank line
         self._skipping_line = False  # ... and the current line is part of it
-        self._overflowed = False
+        self._overflows: List[int] = []  # where skipped events stood, this feed
 
     def feed(self, data: bytes) -> List[ServerSentEvent]:
         """Parse ``data`` and return the events it completes, in order.
@@ -313,7 +319,7 @@ class SSEParser:
         else:
             self._last_was_cr = False
         if _LF not in data:
-            self._extend_tail(data)
+            self._extend_tail(data, 0)
             return self._result([])
         if self._tail:
             self._tail.append(data)
@@ -360,7 +366,7 @@ class SSEParser:
             # limit, since all of ``data`` is.
             self._tail = [b"data: ", unfinished]
             self._tail_size = len(unfinished) + 6
-        return self._result(events) if self._overflowed else events
+        return self._result(events) if self._overflows else events
 
     def _parse_text(self, text: bytes, events: List[ServerSentEvent]) -> None:
         """Apply ``text`` line by line; keep its unfinished last line.
@@ -407,7 +413,8 @@ class SSEParser:
                 continue
             size += len(line) + 1
             if size > limit:
-                self._overflowed = discarding = True
+                self._overflows.append(len(events))
+                discarding = True
                 data_lines = []
                 size = 0
                 event_type = b""
@@ -443,7 +450,7 @@ class SSEParser:
         self._block_retry = block_retry
         self._discarding = discarding
         self._skipping_line = skipping_line
-        self._extend_tail(unfinished)
+        self._extend_tail(unfinished, len(events))
 
     def _strip_bom(self, data: bytes) -> bytes:
         """Drop one UTF-8 BOM at stream start, even split across chunks."""
@@ -455,8 +462,11 @@ class SSEParser:
         self._bom_pending = b""
         return head[len(_BOM):] if head.startswith(_BOM) else head
 
-    def _extend_tail(self, piece: bytes) -> None:
-        """Keep the unfinished line, within the event size limit."""
+    def _extend_tail(self, piece: bytes, position: int) -> None:
+        """Keep the unfinished line, within the event size limit.
+
+        ``position`` is how many events this feed has completed so far.
+        """
         if not piece:
             return
         if self._discarding:
@@ -465,7 +475,8 @@ class SSEParser:
         self._tail.append(piece)
         self._tail_size += len(piece)
         if self._tail_size + self._data_size > self.max_event_bytes:
-            self._overflowed = self._discarding = self._skipping_line = True
+            self._overflows.append(position)
+            self._discarding = self._skipping_line = True
             self._tail = []
             self._tail_size = 0
             self._data = []
@@ -475,9 +486,10 @@ class SSEParser:
 
     def _result(self, events: List[ServerSentEvent]) -> List[ServerSentEvent]:
         """Return ``events``, or raise EventTooLarge carrying them."""
-        if self._overflowed:
-            self._overflowed = False
-            raise EventTooLarge(self.max_event_bytes, events)
+        if self._overflows:
+            positions = self._overflows
+            self._overflows = []
+            raise EventTooLarge(self.max_event_bytes, events, positions)
         return events
 
 
@@ -956,6 +968,17 @@ def _check_text(name: str, value: str) -> None:
         raise ConfigurationError(f"the {name} contains control characters; check where it came from")
 
 
+def _check_header(name: str, value: str) -> None:
+    """Refuse what an HTTP header cannot carry, before any request."""
+    _check_text(name, value)
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        raise ConfigurationError(
+            f"the {name} has characters an HTTP header cannot carry; check where it came from"
+        ) from None
+
+
 def _time_key(timestamp: datetime, raw: str) -> Tuple[datetime, int]:
     """An ordering key with the nanoseconds a datetime cannot hold."""
     dot = raw.find(".")
@@ -1008,7 +1031,8 @@ class Follower:
     delivered, treats ``idle_timeout`` seconds without an event as a drop,
     and stops after the terminal ``invocation_state`` or at ``deadline``
     seconds.  ``checkpoint`` tells where it stands, for a later resume;
-    ``attempt`` counts requests, ``reconnects`` the drops recovered from.
+    ``attempt`` counts requests, ``reconnects`` the drops recovered from,
+    ``invocation`` is the last state delivered.
     """
 
     def __init__(
@@ -1040,7 +1064,7 @@ class Follower:
         if not invocation_id:
             raise ConfigurationError("the invocation id is empty")
         _check_text("invocation id", invocation_id)
-        _check_text("API key", key)
+        _check_header("API key", key)
         if idle_timeout <= 0:
             raise ConfigurationError("idle_timeout must be positive")
         if max_retries < 0:
@@ -1049,12 +1073,14 @@ class Follower:
         self.base_url = (base_url or os.environ.get("KERNEL_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         self._key = _Secret(key)
         parts = urllib.parse.urlsplit(self.base_url)
+        if parts.username is not None or parts.password is not None:
+            raise ConfigurationError(
+                "the base URL must not carry credentials; give the key in KERNEL_API_KEY"
+            )
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigurationError(
                 f"the base URL {self.base_url!r} is not an http(s) URL; check KERNEL_BASE_URL"
             )
-        if parts.username or parts.password:
-            raise ConfigurationError("the base URL must not carry credentials; use KERNEL_API_KEY")
         if parts.scheme == "http" and not _is_loopback(parts.hostname) and not allow_insecure_http:
             raise ConfigurationError(
                 f"refusing to send the API key over plain HTTP to {parts.hostname}; "
@@ -1065,13 +1091,12 @@ class Follower:
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
         self._path_prefix = parts.path.rstrip("/")
         self._first_since = since
-        self.checkpoint = checkpoint or Checkpoint()
         self.idle_timeout = idle_timeout
         self.deadline = deadline
         self.max_retries = max_retries
         self.project_id = project_id if project_id is not None else os.environ.get("KERNEL_PROJECT_ID")
         if self.project_id:
-            _check_text("project id", self.project_id)
+            _check_header("project id", self.project_id)
         self._ssl_context = ssl_context
         self.max_event_bytes = max_event_bytes
         self.backoff_base = backoff_base
@@ -1082,20 +1107,30 @@ class Follower:
         self.invocation: Optional[Invocation] = None
         self.finished = False
         self._connection: Optional[http.client.HTTPConnection] = None
+        self._response: Optional[http.client.HTTPResponse] = None
         self._ends_at: Optional[float] = None
-        # Resume state: the boundary timestamp and what was delivered at it.
-        self._boundary: Optional[Tuple[datetime, int]] = None
-        self._seen_at_boundary: Dict[str, int] = {}
+        # Resume state: the boundary (the last delivered log, state or error
+        # timestamp) and how often each event was delivered at it.
+        self._boundary_raw: Optional[str] = None
+        self._boundary_time: Optional[datetime] = None
+        self._seen: Dict[str, int] = {}
         self._skip: Dict[str, int] = {}
         self._replaying = False
-        if self.checkpoint.since is not None:
-            since_text = self.checkpoint.since
-            self._boundary = _time_key(parse_timestamp(since_text), since_text)
-            for data in self.checkpoint.seen:
-                self._seen_at_boundary[data] = self._seen_at_boundary.get(data, 0) + 1
+        if checkpoint is not None:
+            if checkpoint.since is not None:
+                self._boundary_raw = checkpoint.since
+                self._boundary_time = parse_timestamp(checkpoint.since)
+            for data in checkpoint.seen:
+                self._seen[data] = self._seen.get(data, 0) + 1
 
     def __repr__(self) -> str:
         return f"<Follower {self.invocation_id!r} at {self.base_url} attempt={self.attempt}>"
+
+    @property
+    def checkpoint(self) -> Checkpoint:
+        """Where the follow stands: resume from here with no repeats."""
+        seen = tuple(data for data, count in self._seen.items() for _ in range(count))
+        return Checkpoint(self._boundary_raw, seen)
 
     # -- the loop ------------------------------------------------------
 
@@ -1114,8 +1149,8 @@ class Follower:
                         if not isinstance(event, HeartbeatEvent):
                             progressed = True
                         yield event
-                        if self.finished:
-                            return
+                    if self.finished:
+                        return
                     raise _Attempt("the server ended the stream before the terminal state")
                 except _Attempt as ended:
                     failures = 0 if progressed else failures + 1
@@ -1132,15 +1167,18 @@ class Follower:
 
     def close(self) -> None:
         """Close the connection, if one is open."""
+        if self._response is not None:
+            self._response.close()
+            self._response = None
         if self._connection is not None:
             self._connection.close()
             self._connection = None
 
-    def _give_up(self, ended: _Attempt, failures: int, idle_failures: int) -> None:
+    def _give_up(self, ended: _Attempt, failures: int, idle_failures: int) -> NoReturn:
         """Raise the error for retries exhausted."""
-        if idle_failures == failures:
+        if idle_failures >= failures:
             raise StreamTimeout(
-                f"no event for {self.idle_timeout:g}s, {failures} times in a row; the server "
+                f"no event for {self.idle_timeout:g}s, {idle_failures} times in a row; the server "
                 "sends heartbeats, so the connection is stalled: check proxies and the "
                 "network, or raise the idle timeout"
             )
@@ -1151,10 +1189,10 @@ class Follower:
 
     def _backoff(self, failures: int, retry_after: Optional[float]) -> float:
         """Seconds to wait before the next attempt: capped full jitter."""
-        if retry_after is not None:
-            return retry_after
         import random
 
+        if retry_after is not None:
+            return retry_after
         ceiling = min(self.backoff_cap, self.backoff_base * (2 ** min(failures, 30)))
         return random.uniform(0, ceiling)
 
@@ -1179,6 +1217,15 @@ class Follower:
             "raise the deadline, or resume later from the checkpoint (--state-file)"
         )
 
+    def _time_left(self, limit: float) -> float:
+        """``limit``, shortened to what is left before the deadline."""
+        remaining = self._remaining()
+        if remaining is None:
+            return limit
+        if remaining <= 0:
+            self._deadline_passed()
+        return min(limit, remaining)
+
     # -- one attempt ---------------------------------------------------
 
     def _request_path(self) -> str:
@@ -1186,7 +1233,7 @@ class Follower:
         import urllib.parse
 
         path = f"{self._path_prefix}/invocations/{urllib.parse.quote(self.invocation_id, safe='')}/events"
-        since = self.checkpoint.since or self._first_since
+        since = self._boundary_raw or self._first_since
         if since:
             path += "?" + urllib.parse.urlencode({"since": since})
         return path
@@ -1210,7 +1257,8 @@ class Follower:
         import ssl
         import urllib.parse
 
-        timeout = self._time_left(_CONNECT_TIMEOUT)
+        # Connecting waits no longer than an idle stream would.
+        timeout = self._time_left(min(_CONNECT_TIMEOUT, self.idle_timeout))
         if scheme == "http":
             return http.client.HTTPConnection(host, port, timeout=timeout)
         context = self._ssl_context or ssl.create_default_context()
@@ -1232,19 +1280,52 @@ class Follower:
         connection.set_tunnel(host, port, headers=tunnel_headers)
         return connection
 
-    def _time_left(self, limit: float) -> float:
-        """``limit``, shortened to what is left before the deadline."""
-        remaining = self._remaining()
-        if remaining is None:
-            return limit
-        if remaining <= 0:
-            self._deadline_passed()
-        return min(limit, remaining)
-
-    def _connect(self) -> http.client.HTTPResponse:
-        """Send the request, following same-origin redirects; return a 200 response."""
+    def _exchange(
+        self, connection: http.client.HTTPConnection, path: str
+    ) -> Tuple[http.client.HTTPResponse, socket.socket]:
+        """Send the request and read the response head, within the idle limit
+        and the deadline however slowly the server answers; return the
+        response and its socket."""
         import http.client
         import socket
+        import threading
+
+        limit = self._time_left(self.idle_timeout)
+        expired = threading.Event()
+
+        def interrupt() -> None:
+            # http.client restarts the socket timeout for every byte of the
+            # head, so a trickling server is cut off from outside.
+            expired.set()
+            sock = connection.sock
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+        watchdog = threading.Timer(limit, interrupt)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            connection.request("GET", path, headers=self._headers())
+            # Taken now: for a response that closes the connection,
+            # http.client hands the socket to the response and forgets it.
+            sock = connection.sock
+            assert sock is not None  # request() connected
+            return connection.getresponse(), sock
+        except (OSError, http.client.HTTPException) as exc:
+            remaining = self._remaining()
+            if remaining is not None and remaining <= 0:
+                self._deadline_passed()
+            if expired.is_set() or isinstance(exc, socket.timeout):
+                raise _Attempt(f"no response within {limit:g}s", idle=True) from None
+            raise _Attempt(f"connection failed: {_describe(exc)}") from None
+        finally:
+            watchdog.cancel()
+            watchdog.join()
+
+    def _connect(self) -> Tuple[http.client.HTTPResponse, socket.socket]:
+        """Send the request, following same-origin redirects; return a 200
+        response and its socket."""
         import urllib.parse
 
         scheme, host, port = self._scheme, self._host, self._port
@@ -1252,22 +1333,14 @@ class Follower:
         for _hop in range(_MAX_REDIRECTS + 1):
             self.close()
             connection = self._connection = self._open(host, port, scheme)
-            try:
-                connection.request("GET", path, headers=self._headers())
-                response = connection.getresponse()
-            except socket.timeout:
-                remaining = self._remaining()
-                if remaining is not None and remaining <= 0:
-                    self._deadline_passed()
-                raise _Attempt("timed out connecting") from None
-            except (OSError, http.client.HTTPException) as exc:
-                raise _Attempt(f"connection failed: {_describe(exc)}") from None
+            response, sock = self._exchange(connection, path)
+            self._response = response
             status = response.status
             if status == 200:
                 content_type = response.getheader("Content-Type", "")
                 if not content_type.lower().startswith("text/event-stream"):
                     raise _Attempt(f"expected an event stream, got {content_type or 'no content type'}")
-                return response
+                return response, sock
             if status in _REDIRECT_STATUSES:
                 location = response.getheader("Location", "")
                 target = urllib.parse.urlsplit(
@@ -1299,12 +1372,10 @@ class Follower:
         import http.client
         import socket
 
-        response = self._connect()
-        assert self._connection is not None and self._connection.sock is not None
-        sock = self._connection.sock
+        response, sock = self._connect()
         parser = SSEParser(self.max_event_bytes)
-        self._replaying = self._boundary is not None
-        self._skip = dict(self._seen_at_boundary)
+        self._replaying = self._boundary_raw is not None or bool(self._seen)
+        self._skip = dict(self._seen)
         idle_ends = time.monotonic() + self.idle_timeout
         while True:
             now = time.monotonic()
@@ -1325,67 +1396,96 @@ class Follower:
             if not chunk:
                 raise _Attempt("the server ended the stream before the terminal state")
             try:
-                sses = parser.feed(chunk)
-                oversized = False
+                sses: List[Optional[ServerSentEvent]] = list(parser.feed(chunk))
             except EventTooLarge as exc:
-                sses = exc.events
-                oversized = True
+                sses = list(exc.events)
+                for position in reversed(exc.positions):
+                    sses.insert(position, None)  # where the skipped event was
             if sses:
                 idle_ends = time.monotonic() + self.idle_timeout
             for sse in sses:
+                if sse is None:
+                    yield _client_error(
+                        "client_event_too_large",
+                        f"an event larger than {self.max_event_bytes} bytes was skipped",
+                        "",
+                    )
+                    continue
                 event = self._typed(sse)
                 if event is not None:
                     yield event
-                    if self.finished:
-                        return
-            if oversized:
-                yield _client_error(
-                    "client_event_too_large",
-                    f"an event larger than {self.max_event_bytes} bytes was skipped",
-                    "",
-                )
+                if self.finished:
+                    return
 
     def _typed(self, sse: ServerSentEvent) -> Optional[KernelEvent]:
         """Type one event; None when it repeats one already delivered."""
         try:
             event = parse_event(sse)
         except MalformedEvent as exc:
+            if not self._deliver_untimed(sse.data):
+                return None
             return _client_error("client_malformed_event", exc.reason, exc.data)
         if isinstance(event, (LogEvent, InvocationStateEvent, ErrorEvent)):
-            if not self._deliver(event.timestamp, event.timestamp_raw, sse.data):
-                return None
-            if isinstance(event, InvocationStateEvent):
+            delivered = self._deliver(event.timestamp, event.timestamp_raw, sse.data)
+            if isinstance(event, InvocationStateEvent) and (delivered or event.invocation.is_terminal):
+                # A terminal state seen again (resuming a finished follow)
+                # still ends the follow, without a repeat.
                 self.invocation = event.invocation
                 self.finished = event.invocation.is_terminal
+            return event if delivered else None
+        if isinstance(event, UnknownEvent) and not self._deliver_untimed(sse.data):
+            return None
         return event
 
     def _deliver(self, timestamp: datetime, raw: str, data: str) -> bool:
-        """Decide if an event is new; if so, record it in the checkpoint.
+        """Decide if a timestamped event is new; if so, record it.
 
         On a resume the server replays from ``since`` inclusive: drop what
         lies before the boundary, and at the boundary exactly as many copies
         of each event as were delivered before.
         """
-        key = _time_key(timestamp, raw)
-        boundary = self._boundary
-        if self._replaying and boundary is not None:
-            if key < boundary:
+        order = self._order(timestamp, raw)
+        if self._replaying:
+            if order < 0:
                 return False
-            if key == boundary:
+            if order == 0:
                 left = self._skip.get(data, 0)
                 if left:
                     self._skip[data] = left - 1
                     return False
             else:
                 self._replaying = False
-        if boundary is None or key > boundary:
-            self._boundary = key
-            self._seen_at_boundary = {data: 1}
-            self.checkpoint = Checkpoint(raw, (data,))
-        elif key == boundary:
-            self._seen_at_boundary[data] = self._seen_at_boundary.get(data, 0) + 1
-            self.checkpoint = Checkpoint(self.checkpoint.since, self.checkpoint.seen + (data,))
+        if order > 0:
+            self._boundary_raw = raw
+            self._boundary_time = timestamp
+            self._seen = {data: 1}
+        elif order == 0:
+            self._seen[data] = self._seen.get(data, 0) + 1
         return True
+
+    def _deliver_untimed(self, data: str) -> bool:
+        """Decide if an event without a usable timestamp (unknown kind,
+        malformed) is new: while replaying, skip as many as were delivered."""
+        if self._replaying:
+            left = self._skip.get(data, 0)
+            if left:
+                self._skip[data] = left - 1
+                return False
+        self._seen[data] = self._seen.get(data, 0) + 1
+        return True
+
+    def _order(self, timestamp: datetime, raw: str) -> int:
+        """-1, 0 or 1 as ``raw`` lies before, at or after the boundary."""
+        boundary = self._boundary_raw
+        if boundary is None or self._boundary_time is None:
+            return 1
+        if raw == boundary:
+            return 0
+        if len(raw) == len(boundary) and raw[-1] == boundary[-1] == "Z" and raw[10] == boundary[10]:
+            return 1 if raw > boundary else -1  # same shape: text order is time order
+        mine = _time_key(timestamp, raw)
+        theirs = _time_key(self._boundary_time, boundary)
+        return (mine > theirs) - (mine < theirs)
 
 
 def _proxy_for(host: str) -> Optional[str]:
@@ -1732,14 +1832,14 @@ class Hooks:
                 impl.function(*[kwargs[name] for name in impl.argnames])
             except Exception as exc:  # a plugin's bug must not stop the follow
                 self.errors.append((impl.plugin, hook, exc))
+                if self.strict:  # fatal: the caller reports it, once
+                    raise PluginFailed(impl.plugin, hook, exc) from exc
                 if (impl.plugin, hook) not in self._reported:
                     self._reported.add((impl.plugin, hook))
                     print(
                         f"kernel-sse: plugin {impl.plugin!r} failed in {hook}: {_describe(exc)}",
                         file=sys.stderr,
                     )
-                if self.strict:
-                    raise PluginFailed(impl.plugin, hook, exc) from exc
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """Let plugins add command-line options."""
@@ -1874,11 +1974,11 @@ class PluginSet:
         impls: Dict[str, List[_Impl]] = {}
         for hook in HOOK_NAMES:
             caller = getattr(self._manager.hook, hook)
-            # pluggy calls the last registered first; keep that order.
-            impls[hook] = [
-                _Impl(impl.plugin_name, impl.function, tuple(impl.argnames))
-                for impl in reversed(caller.get_hookimpls())
-            ]
+            # pluggy calls the last registered first; keep that order, except
+            # for add_arguments: bundled options first, so a clash blames the newcomer.
+            found = caller.get_hookimpls()
+            ordered = found if hook == "add_arguments" else list(reversed(found))
+            impls[hook] = [_Impl(impl.plugin_name, impl.function, tuple(impl.argnames)) for impl in ordered]
         return Hooks(impls, strict=strict, trace=trace)
 
 
@@ -1953,6 +2053,19 @@ class _Signalled(BaseException):
     """Internal: SIGTERM arrived; unwinds the follow like KeyboardInterrupt."""
 
 
+def _print_line(line: str, json_of: Optional[KernelEvent] = None) -> None:
+    """Print a line; where stdout cannot encode it, lose nothing: JSON lines
+    (``json_of``) get \\u escapes, text lines backslash escapes."""
+    try:
+        print(line, flush=True)
+    except UnicodeEncodeError:
+        if json_of is not None:
+            print(json.dumps(json_of.raw, separators=(",", ":")), flush=True)
+        else:
+            encoding = getattr(sys.stdout, "encoding", None) or "ascii"
+            print(line.encode(encoding, "backslashreplace").decode(encoding), flush=True)
+
+
 class _BuiltinOutput:
     """Text or JSON lines on stdout with no plugin at all (a lone kernel_sse.py).
 
@@ -1968,7 +2081,7 @@ class _BuiltinOutput:
             return
         line = format_json(event) if self.output_format == "jsonl" else format_text(event)
         if line is not None:
-            print(line, flush=True)
+            _print_line(line, event if self.output_format == "jsonl" else None)
 
     def on_log(self, event: LogEvent) -> None:
         """Print a log line."""
@@ -1993,7 +2106,7 @@ class _BuiltinOutput:
     def on_terminal(self, invocation: Invocation, context: FollowContext) -> None:
         """Print the result (text output only: JSON lines stay pure)."""
         if self.output_format == "text":
-            print(format_result(invocation, context.elapsed), flush=True)
+            _print_line(format_result(invocation, context.elapsed))
 
 
 def _add_follow_options(parser: argparse.ArgumentParser) -> None:
@@ -2268,9 +2381,9 @@ def _drive(follower: Follower, args: argparse.Namespace, hooks: Hooks, state: Op
     context = FollowContext(follower, vars(args))
 
     def on_retry(attempt: int, delay: float, reason: str) -> None:
+        hooks.on_reconnect(attempt, delay, reason, context)  # first: the console clears its status line
         if args.verbose:
             print(f"kernel-sse: {reason}; attempt {attempt} in {delay:.2f}s", file=sys.stderr)
-        hooks.on_reconnect(attempt, delay, reason, context)
 
     follower.on_retry = on_retry
     saved_at = time.monotonic()
@@ -2308,7 +2421,8 @@ def _drive(follower: Follower, args: argparse.Namespace, hooks: Hooks, state: Op
         print(f"kernel-sse: {outcome.message}", file=sys.stderr)
     try:
         hooks.on_finish(outcome, context)
-    except PluginFailed:
+    except PluginFailed as exc:
+        print(f"kernel-sse: {exc}", file=sys.stderr)
         return EXIT_PLUGIN_ERROR
     if outcome.exit_code == EXIT_SUCCEEDED and hooks.errors:
         return EXIT_PLUGIN_ERROR
@@ -2394,4 +2508,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
+    # Plugins ``import kernel_sse``: give them this very module, not a second
+    # copy whose classes would not match the events this one makes.
+    sys.modules.setdefault("kernel_sse", sys.modules[__name__])
     sys.exit(main())

@@ -14,6 +14,7 @@ except ImportError:  # a checkout that is not installed: use the file next to te
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from kernel_sse_emulator import Emulator, running_emulator
+import plugin_support  # noqa: F401,E402  (bundled plugins as kernel_sse_plugins, installed or not)
 
 EMULATOR_API_KEY = "test-key-emulator-0123456789"
 """The key the fixtures' emulators accept (also ``emulator.api_key``)."""

@@ -1,0 +1,168 @@
+"""prometheus: write a node_exporter textfile-collector file when the follow ends.
+
+Active only with ``--prometheus-file PATH``.  When the follow ends, however it
+ends, ``PATH`` is replaced atomically (a temporary file in the same folder,
+fsync, rename; mode 0644 so node_exporter can read it) with::
+
+    # HELP kernel_sse_invocation_status Outcome of the last follow: 1 for its status, 0 for the others.
+    # TYPE kernel_sse_invocation_status gauge
+    kernel_sse_invocation_status{app="my-app",action="run",invocation_id="inv_123",status="succeeded"} 1
+    kernel_sse_invocation_status{app="my-app",action="run",invocation_id="inv_123",status="failed"} 0
+    ...
+
+Metrics, each labelled ``app``, ``action`` and ``invocation_id`` (``app`` and
+``action`` are empty when no state was seen, e.g. for a 404):
+
+- ``kernel_sse_invocation_status{status=...}``: 1 for the outcome, 0 for each
+  other one (``succeeded``, ``failed``, ``refused``, ``gave_up``, ``deadline``,
+  ``interrupted``, ``plugin_error``): alert on ``{status!="succeeded"} == 1``;
+- ``kernel_sse_invocation_duration_seconds``: the invocation's run time
+  (only once it has finished);
+- ``kernel_sse_follow_duration_seconds``: how long this follow ran;
+- ``kernel_sse_log_events_total``, ``kernel_sse_error_events_total``: events
+  this follow delivered;
+- ``kernel_sse_reconnects_total``: connection drops recovered from;
+- ``kernel_sse_finish_timestamp_seconds``: when the follow ended (Unix time):
+  alert when it grows stale;
+- ``kernel_sse_exit_code``: the command's exit status.
+
+Options:
+
+``--prometheus-file PATH``
+    The file to write, in node_exporter's ``--collector.textfile.directory``;
+    its name must end in ``.prom``.  Use one file per cron job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import tempfile
+import time
+from typing import List, Optional, Sequence, Tuple
+
+import kernel_sse
+from kernel_sse import ErrorEvent, FollowContext, LogEvent, Outcome
+
+OUTCOMES = ("succeeded", "failed", "refused", "gave_up", "deadline", "interrupted", "plugin_error")
+"""The ``status`` label values ``kernel_sse_invocation_status`` always has."""
+
+
+class _Run:
+    """One follow's counts; replaced in ``on_start``."""
+
+    def __init__(self) -> None:
+        self.logs = 0
+        self.errors = 0
+
+
+_run = _Run()
+
+
+@kernel_sse.hookimpl
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--prometheus-file``."""
+    parser.add_argument(
+        "--prometheus-file",
+        metavar="PATH",
+        help="write node_exporter textfile-collector metrics to PATH (*.prom) when the follow ends",
+    )
+
+
+@kernel_sse.hookimpl
+def on_start() -> None:
+    """Reset the counts."""
+    global _run
+    _run = _Run()
+
+
+@kernel_sse.hookimpl
+def on_log(event: LogEvent) -> None:
+    """Count a log event."""
+    _run.logs += 1
+
+
+@kernel_sse.hookimpl
+def on_error(event: ErrorEvent) -> None:
+    """Count an error event."""
+    _run.errors += 1
+
+
+def escape_label(value: str) -> str:
+    """A label value escaped as the text exposition format wants it."""
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _labels(pairs: Sequence[Tuple[str, str]]) -> str:
+    return "{" + ",".join(f'{name}="{escape_label(value)}"' for name, value in pairs) + "}"
+
+
+def _number(value: float) -> str:
+    return repr(float(value)) if isinstance(value, float) else str(value)
+
+
+def render(outcome: Outcome, context: FollowContext, now: Optional[float] = None) -> str:
+    """The file's text for this outcome."""
+    invocation = outcome.invocation
+    base = [
+        ("app", invocation.app_name if invocation is not None else ""),
+        ("action", invocation.action_name if invocation is not None else ""),
+        ("invocation_id", invocation.id if invocation is not None else context.invocation_id),
+    ]
+    lines: List[str] = []
+
+    def metric(name: str, kind: str, text: str, samples: Sequence[Tuple[Sequence[Tuple[str, str]], float]]) -> None:
+        lines.append(f"# HELP {name} {text}")
+        lines.append(f"# TYPE {name} {kind}")
+        lines.extend(f"{name}{_labels(labels)} {_number(value)}" for labels, value in samples)
+
+    statuses = OUTCOMES if outcome.status in OUTCOMES else OUTCOMES + (outcome.status,)
+    metric("kernel_sse_invocation_status", "gauge",
+           "Outcome of the last follow: 1 for its status, 0 for the others.",
+           [(base + [("status", status)], int(status == outcome.status)) for status in statuses])
+    if invocation is not None and invocation.finished_at is not None:
+        took = (invocation.finished_at - invocation.started_at).total_seconds()
+        metric("kernel_sse_invocation_duration_seconds", "gauge",
+               "How long the invocation ran, from started_at to finished_at.", [(base, took)])
+    metric("kernel_sse_follow_duration_seconds", "gauge", "How long the follow ran.", [(base, context.elapsed)])
+    metric("kernel_sse_log_events_total", "counter", "Log events the follow delivered.", [(base, _run.logs)])
+    metric("kernel_sse_error_events_total", "counter", "Error events the follow delivered.", [(base, _run.errors)])
+    metric("kernel_sse_reconnects_total", "counter", "Connection drops the follow recovered from.",
+           [(base, context.reconnects)])
+    metric("kernel_sse_finish_timestamp_seconds", "gauge", "When the follow ended, in Unix time.",
+           [(base, time.time() if now is None else now)])
+    metric("kernel_sse_exit_code", "gauge", "The exit status of kernel-sse.", [(base, outcome.exit_code)])
+    return "\n".join(lines) + "\n"
+
+
+def write_atomically(path: str, text: str, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``text``: temp file in the same folder, fsync, rename."""
+    directory = os.path.dirname(os.path.abspath(path))
+    # The temporary name does not end in .prom, so the collector never reads it half-written.
+    fd, temp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temp, mode)
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable, where the OS allows
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+@kernel_sse.hookimpl
+def on_finish(outcome: Outcome, context: FollowContext) -> None:
+    """Write the metrics file."""
+    path = context.options.get("prometheus_file")
+    if isinstance(path, str) and path:
+        write_atomically(path, render(outcome, context))

@@ -1,0 +1,109 @@
+"""Helpers for the hook and plugin tests: the bundled plugins, scripts, the CLI.
+
+Importing this module makes ``kernel_sse_plugins`` importable in a checkout
+that is not installed (``plugins/`` is only named ``kernel_sse_plugins`` by
+``setup.cfg`` at install time), so the tests run against the bundled plugins
+in both cases, as the installed command does.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+import textwrap
+from pathlib import Path
+from types import ModuleType
+from typing import Any, List
+
+import pytest
+
+import kernel_sse
+from kernel_sse_emulator import Error, Log, Pause, Script, State, Step, Unknown
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _bundled_package() -> ModuleType:
+    try:
+        return importlib.import_module("kernel_sse_plugins")
+    except ImportError:
+        pass
+    folder = ROOT / "plugins"
+    spec = importlib.util.spec_from_file_location(
+        "kernel_sse_plugins", str(folder / "__init__.py"), submodule_search_locations=[str(folder)]
+    )
+    assert spec is not None and spec.loader is not None
+    package = importlib.util.module_from_spec(spec)
+    sys.modules["kernel_sse_plugins"] = package
+    spec.loader.exec_module(package)
+    return package
+
+
+PACKAGE = _bundled_package()
+
+
+def bundled(name: str) -> ModuleType:
+    """One bundled plugin module (``console``, ``jsonl``, ...)."""
+    return importlib.import_module(f"kernel_sse_plugins.{name}")
+
+
+def basic_script(
+    invocation_id: str = "inv_basic", status: str = "succeeded", pause: float = 0.0, **kwargs: Any
+) -> Script:
+    """queued, running, two logs, an error event, an unknown event, the terminal state.
+
+    ``pause`` > 0 waits that long after the first log line (heartbeats come in the
+    fixtures' emulators every 0.25 s); ``kwargs`` go to :class:`Script`.
+    """
+    steps: List[Step] = [State("queued"), State("running"), Log("hello")]
+    if pause:
+        steps.append(Pause(pause))
+    steps += [
+        Error("selector_timeout", "timed out; retrying"),
+        Unknown("browser_ready", {"session": "s1"}),
+        Log("world"),
+        State(status, output={"answer": 42}),
+    ]
+    return Script(id=invocation_id, steps=tuple(steps), app_name="shop", action_name="scrape", **kwargs)
+
+
+def write_plugin(folder: Path, name: str, source: str) -> Path:
+    """Write a plugin file ``name.py`` (``source`` dedented) and return its path."""
+    path = folder / f"{name}.py"
+    path.write_text(textwrap.dedent(source), encoding="utf-8")
+    return path
+
+
+def follow(invocation_id: str, *args: str) -> int:
+    """Run ``kernel-sse follow`` in-process (key and URL from the environment)."""
+    return kernel_sse.main(["follow", invocation_id, *args])
+
+
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Remove the variables that change which plugins load and how they print."""
+    for name in (
+        "KERNEL_SSE_PLUGINS",
+        "KERNEL_SSE_DISABLE_PLUGIN_AUTOLOAD",
+        "KERNEL_SSE_TRACE",
+        "KERNEL_SSE_WEBHOOK_URL",
+        "NO_COLOR",
+    ):
+        monkeypatch.delenv(name, raising=False)
+
+
+def lines(text: str) -> List[str]:
+    """Non-empty lines."""
+    return [line for line in text.splitlines() if line]
+
+
+__all__ = [
+    "PACKAGE",
+    "ROOT",
+    "basic_script",
+    "bundled",
+    "clean_environment",
+    "follow",
+    "lines",
+    "write_plugin",
+]

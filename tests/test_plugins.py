@@ -1,0 +1,621 @@
+"""The bundled plugins (``plugins/``, package ``kernel_sse_plugins``) and the README's example plugin.
+
+Each is driven through the real command line (``kernel_sse.main``) against the
+emulator on 127.0.0.1; the webhook plugin posts to a small recording HTTP
+server, also on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import http.server
+import io
+import json
+import logging
+import os
+import re
+import socket
+import stat
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Tuple
+
+import pytest
+
+import kernel_sse
+from kernel_sse_emulator import EmulatedInvocation, Emulator, Fault, Log, Pause, Script, State
+from plugin_support import ROOT, basic_script, bundled, clean_environment, follow
+
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+CLEAR = "\r\x1b[K"
+
+
+@pytest.fixture(autouse=True)
+def _clean(monkeypatch: pytest.MonkeyPatch) -> None:
+    clean_environment(monkeypatch)
+
+
+def expected_text(invocation: EmulatedInvocation, events: bool = True) -> List[str]:
+    """What the console prints for what the emulator sent: format_text lines, then the result."""
+    result = []
+    last = None
+    for emitted in invocation.emitted():
+        event = kernel_sse.parse_event(kernel_sse.ServerSentEvent(data=emitted.data.decode("utf-8")))
+        line = kernel_sse.format_text(event)
+        if line is not None and events:
+            result.append(line)
+        if isinstance(event, kernel_sse.InvocationStateEvent):
+            last = event.invocation
+    assert last is not None and last.is_terminal
+    return result + kernel_sse.format_result(last).splitlines()
+
+
+class FakeTerminal(io.StringIO):
+    """A standard output that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def visible_rows(output: str) -> Tuple[List[str], str]:
+    """What a terminal shows: each finished row after its last clear, colour removed; and the last row."""
+    rows = output.split("\n")
+    return [ANSI.sub("", row.split(CLEAR)[-1]) for row in rows[:-1]], ANSI.sub("", rows[-1].split(CLEAR)[-1])
+
+
+# ---------------------------------------------------------------- console
+
+
+def test_console_prints_plain_lines_and_the_result(
+    emulator_env: Emulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    script = basic_script(pause=0.35)
+    invocation = emulator_env.add(script)
+    assert follow(script.id) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines() == expected_text(invocation)  # heartbeats print nothing
+    assert "\x1b" not in out and "\r" not in out
+    assert err == ""
+    assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z hello$", out.splitlines()[2])
+    assert '"answer": 42' in out  # output pretty-printed
+
+
+def test_console_quiet_prints_only_the_outcome(
+    emulator_env: Emulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    invocation = emulator_env.add(basic_script(status="failed"))
+    assert follow("inv_basic", "-q") == 1
+    out = capsys.readouterr().out
+    assert out.splitlines() == expected_text(invocation, events=False)
+    assert out.startswith("invocation inv_basic (shop scrape v1.0.0) failed")
+    assert follow("inv_missing", "-q") == 3  # no terminal state: nothing on stdout
+    out, err = capsys.readouterr()
+    assert out == "" and "no such invocation" in err
+
+
+def test_console_is_silent_with_jsonl(emulator_env: Emulator, capsys: pytest.CaptureFixture[str]) -> None:
+    emulator_env.add(basic_script())
+    assert follow("inv_basic", "--format", "jsonl", "-p", "no:jsonl") == 0
+    assert capsys.readouterr().out == ""
+
+
+def test_console_on_a_terminal_has_colour_and_a_status_line(
+    emulator_env: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    script = basic_script(pause=0.35, attempts=(Fault(drop_after=4),))
+    invocation = emulator_env.add(script)
+    terminal = FakeTerminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    assert follow(script.id) == 0
+    out = terminal.getvalue()
+    assert "\x1b[32m" in out and "\x1b[2m" in out  # green result, dim timestamps
+    assert CLEAR + "\x1b[2m[running] 0s, 1 log line\x1b[0m" in out
+    assert CLEAR + "\x1b[2m[running] 0s, 1 log line, reconnecting (attempt 2)\x1b[0m" in out
+    rows, last = visible_rows(out)
+    assert rows == expected_text(invocation)  # the status line was cleared before each line
+    assert last == ""  # and at the end
+
+
+def test_console_status_line_is_refreshed_by_heartbeats(
+    emulator_env: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    emulator_env.add(Script("inv_hb", (State("running"), Pause(0.6), State("succeeded"))))
+    terminal = FakeTerminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    assert follow("inv_hb") == 0
+    draws = terminal.getvalue().count("[running] 0s, 0 log lines")
+    assert draws >= 2  # after the state line, then once per heartbeat
+
+
+def test_console_no_color_and_dumb_terminals(emulator_env: Emulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    emulator_env.add(basic_script())
+    emulator_env.add(basic_script("inv_dumb"))
+    terminal = FakeTerminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert follow("inv_basic") == 0
+    out = terminal.getvalue()
+    assert ANSI.sub("", out.replace(CLEAR, "")) == out.replace(CLEAR, "")  # no colour
+    assert CLEAR + "[running]" in out  # the status line stays
+    monkeypatch.delenv("NO_COLOR")
+    monkeypatch.setenv("TERM", "dumb")
+    terminal.seek(0)
+    terminal.truncate()
+    assert follow("inv_dumb") == 0
+    assert "\x1b" not in terminal.getvalue() and "\r" not in terminal.getvalue()
+
+
+def test_console_quiet_on_a_terminal_has_no_status_line(
+    emulator_env: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    emulator_env.add(basic_script())
+    terminal = FakeTerminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    assert follow("inv_basic", "-q") == 0
+    out = terminal.getvalue()
+    assert "\r" not in out
+    assert ANSI.sub("", out).startswith("invocation inv_basic (shop scrape v1.0.0) succeeded")
+
+
+def test_console_and_jsonl_lose_no_line_stdout_cannot_encode(
+    emulator_env: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    steps = (State("running"), Log("price \u20ac5 \U0001f600"), State("succeeded"))
+    invocation = emulator_env.add(Script("inv_enc", steps))
+    for output_format in ("text", "jsonl"):
+        raw = io.BytesIO()
+        stdout = io.TextIOWrapper(raw, encoding="latin-1", newline="\n")
+        monkeypatch.setattr(sys, "stdout", stdout)
+        assert follow("inv_enc", "--format", output_format) == 0
+        stdout.flush()
+        out = raw.getvalue().decode("latin-1")
+        if output_format == "text":
+            assert "price \\u20ac5 \\U0001f600" in out
+        else:
+            sent = [emitted.json() for emitted in invocation.emitted()]
+            assert [json.loads(line) for line in out.splitlines() if "sse_heartbeat" not in line] == sent
+
+
+# ---------------------------------------------------------------- jsonl
+
+
+def test_jsonl_lines_are_the_objects_the_api_sent(
+    emulator_env: Emulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    script = basic_script(pause=0.35)
+    invocation = emulator_env.add(script)
+    assert follow(script.id, "--format", "jsonl") == 0
+    out, err = capsys.readouterr()
+    objects = [json.loads(line) for line in out.splitlines()]
+    assert any(obj["event"] == "sse_heartbeat" for obj in objects)
+    sent = [emitted.json() for emitted in invocation.emitted()]
+    assert [obj for obj in objects if obj["event"] != "sse_heartbeat"] == sent
+    texts = {emitted.data.decode("utf-8") for emitted in invocation.emitted()}
+    assert all(line in texts for line in out.splitlines() if '"sse_heartbeat"' not in line)
+    assert objects[-1]["event"] == "invocation_state" and objects[-1]["invocation"]["status"] == "succeeded"
+    assert any(obj["event"] == "browser_ready" for obj in objects)
+    assert err == ""
+
+
+def test_jsonl_writes_nothing_after_the_terminal_state(
+    emulator_env: Emulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    steps = (State("running"), Log("before"), State("failed"), Log("after"), Pause(0.3))
+    emulator_env.add(Script("inv_open", steps, fault=Fault(keep_open=True)))
+    assert follow("inv_open", "--format", "jsonl") == 1
+    objects = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert objects[-1]["invocation"]["status"] == "failed"
+    assert "after" not in json.dumps(objects)
+
+
+def test_jsonl_file_with_text_output_and_alone(
+    emulator_env: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = emulator_env.add(basic_script())
+    second = emulator_env.add(basic_script("inv_second", status="failed"))
+    path = tmp_path / "events.jsonl"
+    assert follow("inv_basic", "--jsonl-file", str(path)) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines() == expected_text(first)  # text on stdout, as without the file
+    # append mode; with --format jsonl -q only the file is written
+    assert follow("inv_second", "--jsonl-file", str(path), "--format", "jsonl", "-q") == 1
+    assert capsys.readouterr().out == ""
+    objects = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    sent = [emitted.json() for emitted in first.emitted() + second.emitted()]
+    assert [obj for obj in objects if obj["event"] != "sse_heartbeat"] == sent
+
+
+def test_jsonl_file_that_cannot_be_opened_is_a_plugin_error(
+    emulator_env: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    emulator_env.add(basic_script())
+    assert follow("inv_basic", "--jsonl-file", str(tmp_path / "no" / "such" / "dir.jsonl")) == 5
+    out, err = capsys.readouterr()
+    assert "plugin 'jsonl' failed in on_start" in err and "hello" in out
+
+
+# ---------------------------------------------------------------- webhook
+
+
+class HookServer:
+    """A local HTTP server that records POSTs and answers with the given statuses (then 200)."""
+
+    def __init__(self) -> None:
+        self.posts: List[Tuple[str, Dict[str, str], bytes]] = []
+        self.statuses: List[int] = []
+        recorder = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                recorder.posts.append((self.path, dict(self.headers.items()), body))
+                status = recorder.statuses.pop(0) if recorder.statuses else 200
+                self.send_response(status)
+                if 300 <= status < 400:
+                    self.send_header("Location", "/elsewhere")
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05})
+        self.thread.start()
+
+    @property
+    def origin(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def payloads(self) -> List[Dict[str, Any]]:
+        return [json.loads(body) for _, _, body in self.posts]
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
+SECRET_PATH = "/services/T000/B000/s3cr3t-t0ken"
+SECRET_QUERY = "?key=hunter2"
+
+
+@pytest.fixture
+def hook_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[HookServer]:
+    monkeypatch.setattr(bundled("webhook"), "_BACKOFF", 0.01)
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    server = HookServer()
+    yield server
+    server.stop()
+
+
+def assert_no_secret(text: str) -> None:
+    for secret in ("s3cr3t", "hunter2", "T000", "user:pw"):
+        assert secret not in text
+
+
+def test_webhook_posts_a_summary(
+    emulator_env: Emulator, hook_server: HookServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    emulator_env.add(basic_script(status="failed", attempts=(Fault(drop_after=3),)))
+    url = hook_server.origin + SECRET_PATH + SECRET_QUERY
+    assert follow("inv_basic", "--webhook-url", url) == 1
+    ((path, headers, _),) = hook_server.posts
+    assert path == SECRET_PATH + SECRET_QUERY
+    assert headers["Content-Type"] == "application/json"
+    assert headers["User-Agent"].startswith("kernel-sse/")
+    (payload,) = hook_server.payloads()
+    assert {key: payload[key] for key in ("id", "app", "action", "version", "status", "invocation_status")} == {
+        "id": "inv_basic", "app": "shop", "action": "scrape", "version": "1.0.0",
+        "status": "failed", "invocation_status": "failed",
+    }
+    assert payload["exit_code"] == 1
+    assert payload["reason"]  # the emulator's default status_reason
+    assert payload["output"] == '{"answer":42}'
+    assert isinstance(payload["duration"], float) and payload["duration"] >= 0
+    assert [line.split(" ", 1)[1] for line in payload["logs"]] == ["hello", "world"]
+    assert (payload["log_count"], payload["error_count"], payload["reconnects"]) == (2, 1, 1)
+    first, *rest = payload["text"].splitlines()
+    assert first.startswith(":x: invocation inv_basic (shop scrape) failed: ") and first.endswith("(exit 1)")
+    assert rest[0] == "```" and rest[-1] == "```" and rest[1].endswith(" hello")
+    out, err = capsys.readouterr()
+    assert_no_secret(out + err)
+
+
+def test_webhook_lines_option_and_environment_url(
+    emulator_env: Emulator, hook_server: HookServer, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    emulator_env.add(basic_script())
+    monkeypatch.setenv("KERNEL_SSE_WEBHOOK_URL", hook_server.origin + SECRET_PATH)
+    assert follow("inv_basic", "--webhook-lines", "1") == 0
+    (payload,) = hook_server.payloads()
+    assert payload["status"] == "succeeded" and payload["exit_code"] == 0
+    assert [line.split(" ", 1)[1] for line in payload["logs"]] == ["world"]
+    assert payload["text"].startswith(":white_check_mark: ")
+    assert_no_secret("".join(capsys.readouterr()))
+
+
+def test_webhook_retries_server_errors(
+    emulator_env: Emulator, hook_server: HookServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    emulator_env.add(basic_script())
+    hook_server.statuses = [500, 503]
+    assert follow("inv_basic", "--webhook-url", hook_server.origin + SECRET_PATH) == 0
+    assert len(hook_server.posts) == 3
+    assert capsys.readouterr().err == ""
+
+
+def test_webhook_failure_is_a_plugin_error_without_the_secret(
+    emulator_env: Emulator, hook_server: HookServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    emulator_env.add(basic_script())
+    hook_server.statuses = [500] * 10
+    url = hook_server.origin + SECRET_PATH + SECRET_QUERY
+    assert follow("inv_basic", "--webhook-url", url, "--webhook-retries", "1") == 5
+    assert len(hook_server.posts) == 2
+    out, err = capsys.readouterr()
+    assert f"plugin 'webhook' failed in on_finish: WebhookError: POST to {hook_server.origin} failed " \
+           "after 2 attempts: HTTP 500" in err
+    assert_no_secret(out + err)
+
+
+@pytest.mark.parametrize("status", [404, 302])
+def test_webhook_does_not_retry_client_errors_nor_follow_redirects(
+    emulator_env: Emulator, hook_server: HookServer, capsys: pytest.CaptureFixture[str], status: int
+) -> None:
+    emulator_env.add(basic_script())
+    hook_server.statuses = [status]
+    assert follow("inv_basic", "--webhook-url", hook_server.origin + SECRET_PATH) == 5
+    assert len(hook_server.posts) == 1
+    assert f"after 1 attempt: HTTP {status}" in capsys.readouterr().err
+
+
+def test_webhook_connection_errors_never_show_the_secret(
+    emulator_env: Emulator, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bundled("webhook"), "_BACKOFF", 0.01)
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    emulator_env.add(basic_script())
+    url = f"http://user:pw@127.0.0.1:{port}{SECRET_PATH}{SECRET_QUERY}"
+    assert follow("inv_basic", "--webhook-url", url, "--webhook-retries", "1", "--webhook-timeout", "2") == 5
+    out, err = capsys.readouterr()
+    assert f"POST to http://127.0.0.1:{port} failed after 2 attempts" in err
+    assert_no_secret(out + err)
+    emulator_env.add(basic_script("inv_bad_url"))
+    assert follow("inv_bad_url", "--webhook-url", "ftp://files.example/s3cr3t") == 5
+    out, err = capsys.readouterr()
+    assert "not an http(s) URL" in err
+    assert_no_secret(out + err)
+
+
+def test_webhook_reports_outcomes_without_a_terminal_state(
+    emulator_env: Emulator, hook_server: HookServer
+) -> None:
+    assert follow("inv_missing", "--webhook-url", hook_server.origin + SECRET_PATH) == 3
+    (payload,) = hook_server.payloads()
+    assert (payload["id"], payload["app"], payload["status"], payload["exit_code"]) == ("inv_missing", None, "refused", 3)
+    assert payload["reason"] and payload["text"].startswith(":warning: invocation inv_missing refused: ")
+
+
+def test_webhook_is_inactive_without_a_url(emulator_env: Emulator, hook_server: HookServer) -> None:
+    emulator_env.add(basic_script())
+    assert follow("inv_basic") == 0
+    assert hook_server.posts == []
+
+
+def test_webhook_redact() -> None:
+    redact = bundled("webhook").redact
+    assert redact("https://user:pw@hooks.slack.com/services/T/B/x?y=1") == "https://hooks.slack.com"
+    assert redact("http://[::1]:8080/x") == "http://[::1]:8080"
+    assert redact("http://host:notaport/s3cr3t") == "<invalid URL>"
+
+
+# ---------------------------------------------------------------- prometheus
+
+
+def _labels(app: str = "shop", action: str = "scrape", invocation: str = "inv_basic") -> str:
+    return f'app="{app}",action="{action}",invocation_id="{invocation}"'
+
+
+def test_prometheus_file(emulator_env: Emulator, tmp_path: Path) -> None:
+    emulator_env.add(basic_script(attempts=(Fault(drop_after=3),)))
+    path = tmp_path / "kernel_sse.prom"
+    assert follow("inv_basic", "--prometheus-file", str(path)) == 0
+    text = path.read_text(encoding="utf-8")
+    samples = {line.rsplit(" ", 1)[0]: line.rsplit(" ", 1)[1] for line in text.splitlines() if not line.startswith("#")}
+    labels = _labels()
+    assert samples[f'kernel_sse_invocation_status{{{labels},status="succeeded"}}'] == "1"
+    for status in ("failed", "refused", "gave_up", "deadline", "interrupted", "plugin_error"):
+        assert samples[f'kernel_sse_invocation_status{{{labels},status="{status}"}}'] == "0"
+    assert samples[f"kernel_sse_log_events_total{{{labels}}}"] == "2"
+    assert samples[f"kernel_sse_error_events_total{{{labels}}}"] == "1"
+    assert samples[f"kernel_sse_reconnects_total{{{labels}}}"] == "1"
+    assert samples[f"kernel_sse_exit_code{{{labels}}}"] == "0"
+    assert float(samples[f"kernel_sse_invocation_duration_seconds{{{labels}}}"]) >= 0
+    assert float(samples[f"kernel_sse_follow_duration_seconds{{{labels}}}"]) > 0
+    assert float(samples[f"kernel_sse_finish_timestamp_seconds{{{labels}}}"]) > 1.7e9
+    names = {key.split("{")[0] for key in samples}
+    for name in names:
+        assert f"# HELP {name} " in text
+        kind = "counter" if name.endswith("_total") else "gauge"
+        assert f"# TYPE {name} {kind}\n" in text
+    assert text.endswith("\n")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert os.listdir(tmp_path) == ["kernel_sse.prom"]  # no temporary file left
+
+
+def test_prometheus_without_a_terminal_state(emulator_env: Emulator, tmp_path: Path) -> None:
+    path = tmp_path / "missing.prom"
+    assert follow("inv_missing", "--prometheus-file", str(path)) == 3
+    text = path.read_text(encoding="utf-8")
+    labels = _labels("", "", "inv_missing")
+    assert f'kernel_sse_invocation_status{{{labels},status="refused"}} 1' in text
+    assert f"kernel_sse_exit_code{{{labels}}} 3" in text
+    assert "kernel_sse_invocation_duration_seconds" not in text
+
+
+def test_prometheus_escapes_label_values(emulator_env: Emulator, tmp_path: Path) -> None:
+    assert bundled("prometheus").escape_label('a"b\\c\nd') == 'a\\"b\\\\c\\nd'
+    emulator_env.add(Script("inv_odd", (State("succeeded"),), app_name='we"ird\\app\nx'))
+    path = tmp_path / "odd.prom"
+    assert follow("inv_odd", "--prometheus-file", str(path)) == 0
+    assert 'app="we\\"ird\\\\app\\nx"' in path.read_text(encoding="utf-8")
+    assert all(line.startswith(("#", "kernel_sse_")) for line in path.read_text(encoding="utf-8").splitlines())
+
+
+def test_prometheus_writes_atomically(
+    emulator_env: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "job.prom"
+    path.write_text("old contents\n")
+    renames: List[Tuple[str, str]] = []
+    real_replace = os.replace
+
+    def replace(source: str, target: str) -> None:
+        renames.append((source, target))
+        assert path.read_text() == "old contents\n"  # readers see the old file until the rename
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", replace)
+    emulator_env.add(basic_script())
+    assert follow("inv_basic", "--prometheus-file", str(path)) == 0
+    ((source, target),) = renames
+    assert os.path.dirname(source) == str(tmp_path) and not source.endswith(".prom")
+    assert target == str(path) and "kernel_sse_exit_code" in path.read_text()
+
+    def failing(source: str, target: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", failing)
+    emulator_env.add(basic_script("inv_full"))
+    before = path.read_text()
+    assert follow("inv_full", "--prometheus-file", str(path)) == 5
+    assert "plugin 'prometheus' failed in on_finish" in capsys.readouterr().err
+    assert path.read_text() == before
+    assert os.listdir(tmp_path) == ["job.prom"]
+
+
+# ---------------------------------------------------------------- logging
+
+
+def records(caplog: pytest.LogCaptureFixture) -> List[Tuple[str, str]]:
+    return [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "kernel_sse.events"]
+
+
+def test_logging_is_off_by_default(emulator_env: Emulator, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="kernel_sse.events")
+    emulator_env.add(basic_script())
+    assert follow("inv_basic") == 0
+    assert records(caplog) == []
+
+
+def test_logging_levels_by_event_kind(emulator_env: Emulator, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="kernel_sse.events")
+    emulator_env.add(basic_script(status="failed", pause=0.35, attempts=(Fault(drop_after=4),)))
+    assert follow("inv_basic", "--log-events", "--log-level", "debug") == 1
+    found = records(caplog)
+    by_level: Dict[str, List[str]] = {}
+    for level, message in found:
+        by_level.setdefault(level, []).append(message)
+    assert all(message.startswith("[inv_basic] ") for _, message in found)
+    assert any(message.endswith(" hello") for message in by_level["INFO"])
+    assert any(message.endswith("[running]") for message in by_level["INFO"])
+    assert any("[failed]" in message for message in by_level["ERROR"])
+    assert any("[error] selector_timeout" in message for message in by_level["WARNING"])
+    assert any("[browser_ready]" in message for message in by_level["WARNING"])
+    assert any("connection lost (" in message for message in by_level["WARNING"])
+    assert any("heartbeat" in message for message in by_level["DEBUG"])
+    record = next(r for r in caplog.records if r.name == "kernel_sse.events" and r.getMessage().endswith(" hello"))
+    assert record.__dict__["invocation_id"] == "inv_basic"
+    assert record.__dict__["event_kind"] == "log"
+    assert record.__dict__["event_timestamp"].endswith("Z")
+
+
+def test_logging_level_option_and_outcomes(emulator_env: Emulator, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="kernel_sse.events")
+    emulator_env.add(basic_script())
+    assert follow("inv_basic", "--log-events", "--log-level", "WARNING") == 0
+    assert {level for level, _ in records(caplog)} == {"WARNING"}
+    caplog.clear()
+    emulator_env.add(basic_script("inv_down", fault=Fault(status=500)))
+    assert follow("inv_down", "--log-events", "--max-retries", "0") == 4
+    assert records(caplog)[-1][0] == "ERROR" and "follow ended: gave_up: " in records(caplog)[-1][1]
+
+
+def test_logging_to_stderr_when_logging_is_not_configured(
+    emulator_env: Emulator, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    logger = logging.getLogger("kernel_sse.events")
+    monkeypatch.setattr(logger, "hasHandlers", lambda: False)
+    monkeypatch.setattr(logger, "propagate", False)
+    emulator_env.add(basic_script())
+    assert follow("inv_basic", "--log-events") == 0
+    err = capsys.readouterr().err
+    assert re.search(r"^\S+ \S+ INFO kernel_sse\.events: \[inv_basic\] \S+ hello$", err, re.MULTILINE)
+    assert logger.handlers == [] and logger.level == logging.NOTSET  # removed after the follow
+
+
+class ListHandler(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: List[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_logging_through_a_configured_handler(emulator_env: Emulator) -> None:
+    logger = logging.getLogger("kernel_sse.events")
+    assert logger.level == logging.NOTSET and logger.getEffectiveLevel() > logging.INFO
+    handler = ListHandler()
+    logger.addHandler(handler)  # as a -p module or an embedding application would
+    try:
+        emulator_env.add(basic_script())
+        assert follow("inv_basic", "--log-events") == 0
+    finally:
+        logger.removeHandler(handler)
+    messages = [record.getMessage() for record in handler.records if record.levelno == logging.INFO]
+    shown = [message.split(" ", 2)[2] for message in messages]  # after "[inv_basic] <timestamp>"
+    assert shown[1:5] == ["[running]", "hello", "world", "[succeeded]: Invocation completed successfully"]
+    assert logger.level == logging.NOTSET  # restored after the follow
+
+
+def test_logging_plugin_uses_the_standard_library_logging() -> None:
+    module = bundled("logging")
+    assert module.logging is logging
+    assert module.logger is logging.getLogger("kernel_sse.events")
+
+
+# ---------------------------------------------------------------- the README's example plugin
+
+EXAMPLE = ROOT / "tests" / "example_plugin.py"
+
+
+def test_example_plugin_against_the_emulator(emulator_env: Emulator, capsys: pytest.CaptureFixture[str]) -> None:
+    emulator_env.add(basic_script())
+    assert follow("inv_basic", "-p", str(EXAMPLE), "--match", "o") == 0
+    err = capsys.readouterr().err
+    assert err == "2 log line(s) of inv_basic matched 'o'; the follow ended: succeeded\n"
+    emulator_env.add(basic_script("inv_again", status="failed"))
+    assert follow("inv_again", "-p", str(EXAMPLE), "--match", "^w") == 1  # state reset per follow
+    assert capsys.readouterr().err == "1 log line(s) of inv_again matched '^w'; the follow ended: failed\n"
+    emulator_env.add(basic_script("inv_quiet"))
+    assert follow("inv_quiet", "-p", str(EXAMPLE)) == 0  # without --match it does nothing
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("document", ["README.md", "docs/README-plugins.md"])
+def test_readme_shows_the_example_plugin(document: str) -> None:
+    path = ROOT / document
+    if not path.exists():
+        pytest.skip(f"{document} is not in this checkout")
+    text = path.read_text(encoding="utf-8")
+    assert "## Writing a plugin" in text
+    assert "```python\n" + EXAMPLE.read_text(encoding="utf-8") + "```" in text
+    for name in kernel_sse.BUNDLED_PLUGINS:
+        assert f"`{name}`" in text.split("## Plugins", 1)[-1]
