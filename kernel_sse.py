@@ -1830,6 +1830,8 @@ class Hooks:
                 print(f"kernel-sse trace: {impl.plugin}.{hook}({', '.join(impl.argnames)})", file=sys.stderr)
             try:
                 impl.function(*[kwargs[name] for name in impl.argnames])
+            except BrokenPipeError:
+                raise  # the reader of standard output is gone: nobody to print for
             except Exception as exc:  # a plugin's bug must not stop the follow
                 self.errors.append((impl.plugin, hook, exc))
                 if self.strict:  # fatal: the caller reports it, once
@@ -2040,8 +2042,10 @@ EXIT_USAGE = 2
 EXIT_REFUSED = 3
 EXIT_GAVE_UP = 4
 EXIT_PLUGIN_ERROR = 5
+EXIT_INTERNAL = 70
 EXIT_LOCKED = 75
 EXIT_SIGINT = 130
+EXIT_SIGPIPE = 141
 EXIT_SIGTERM = 143
 
 _DURATION = re.compile(r"(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|\u00b5s|ms|s|m|h)(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|\u00b5s|ms|s|m|h))*\Z")
@@ -2138,7 +2142,7 @@ def _build_parser() -> Tuple[argparse.ArgumentParser, List[argparse.ArgumentPars
         prog="kernel-sse",
         description="Follow a Kernel invocation's live event stream.",
         epilog="exit status: 0 succeeded, 1 failed, 2 usage, 3 refused by the API, 4 gave up, "
-        "5 plugin error, 75 state file locked, 130/143 interrupted",
+        "5 plugin error, 70 internal error (a bug), 75 state file locked, 130/143 interrupted",
     )
     parser.add_argument("--version", action="version", version=f"kernel-sse {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -2273,7 +2277,10 @@ class _StateFile:
         """Take the exclusive lock, or raise _Locked."""
         import fcntl
 
-        handle = open(self.path + ".lock", "a+")
+        try:
+            handle = open(self.path + ".lock", "a+")
+        except OSError as exc:
+            raise UsageError(f"cannot use the state file {self.path!r}: {exc.strerror}") from None
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -2290,14 +2297,14 @@ class _StateFile:
     def load(self) -> Optional[Checkpoint]:
         """The saved checkpoint, None for a new file; UsageError if corrupt or foreign."""
         try:
-            with open(self.path, encoding="utf-8") as handle:
-                text = handle.read()
+            with open(self.path, "rb") as handle:
+                data = handle.read()
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise UsageError(f"cannot read the state file {self.path!r}: {exc.strerror}") from None
         try:
-            obj = json.loads(text)
+            obj = json.loads(data.decode("utf-8"))
             if not isinstance(obj, dict) or obj.get("kind") != _STATE_KIND:
                 raise ValueError("not a kernel-sse state file")
             if obj.get("invocation_id") != self.invocation_id:
@@ -2329,7 +2336,10 @@ class _StateFile:
             "finished_status": finished_status,
         }
         directory = os.path.dirname(os.path.abspath(self.path))
-        fd, temp = tempfile.mkstemp(prefix=".kernel-sse-", dir=directory)
+        try:
+            fd, temp = tempfile.mkstemp(prefix=".kernel-sse-", dir=directory)
+        except OSError as exc:
+            raise UsageError(f"cannot write the state file {self.path!r}: {exc.strerror}") from None
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 json.dump(obj, handle)
@@ -2337,6 +2347,10 @@ class _StateFile:
                 os.fsync(handle.fileno())
             os.chmod(temp, 0o600)
             os.replace(temp, self.path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise UsageError(f"cannot write the state file {self.path!r}: {exc.strerror}") from None
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(temp)
@@ -2409,14 +2423,25 @@ def _drive(follower: Follower, args: argparse.Namespace, hooks: Hooks, state: Op
         outcome = Outcome("gave_up", EXIT_GAVE_UP, follower.invocation, str(exc))
     except PluginFailed as exc:
         outcome = Outcome("plugin_error", EXIT_PLUGIN_ERROR, follower.invocation, str(exc))
+    except UsageError as exc:  # the state file could not be written
+        outcome = Outcome("usage_error", EXIT_USAGE, follower.invocation, str(exc))
+    except BrokenPipeError:
+        # Like `yes | head`: stop quietly, and keep Python from complaining
+        # about the closed pipe again at exit.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        outcome = Outcome("interrupted", EXIT_SIGPIPE, follower.invocation, None)
     except KeyboardInterrupt:
         outcome = Outcome("interrupted", EXIT_SIGINT, follower.invocation, "interrupted (SIGINT)")
     except _Signalled:
         outcome = Outcome("interrupted", EXIT_SIGTERM, follower.invocation, "terminated (SIGTERM)")
     finally:
         follower.close()
-    if state is not None and outcome.status not in TERMINAL_STATUSES:
-        state.save(follower.checkpoint, None)
+    if state is not None and outcome.status not in TERMINAL_STATUSES and outcome.status != "usage_error":
+        try:
+            state.save(follower.checkpoint, None)
+        except UsageError as exc:
+            outcome = Outcome("usage_error", EXIT_USAGE, follower.invocation, str(exc))
     if outcome.message is not None:
         print(f"kernel-sse: {outcome.message}", file=sys.stderr)
     try:
@@ -2434,8 +2459,10 @@ def _list_plugins(plugins: Optional[PluginSet], as_json: bool) -> int:
     infos = plugins.info() if plugins is not None else []
     if as_json:
         print(json.dumps([info.to_json() for info in infos], indent=2))
-    elif not infos:
+    elif plugins is None:
         print("no plugins (pluggy is not installed: the built-in text and jsonl output is used)")
+    elif not infos:
+        print("no plugins loaded")
     for info in infos if not as_json else ():
         print(f"{info.name} {info.version} ({info.source}): {', '.join(info.hooks) or 'no hooks'}")
     return EXIT_SUCCEEDED
@@ -2505,6 +2532,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_SIGINT
     except _Signalled:
         return EXIT_SIGTERM
+    except Exception:  # a bug: say so, and never pass for "the invocation failed" (1)
+        traceback.print_exc()
+        print(f"kernel-sse {__version__}: internal error; please report it with the traceback above",
+              file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":
