@@ -592,7 +592,7 @@ def test_every_hook_is_a_hookspec() -> None:
         assert function.__doc__, name
 
 
-@pytest.mark.parametrize("document", ["README.md", "docs/README-plugins.md"])
+@pytest.mark.parametrize("document", ["README.md"])
 def test_every_hook_is_documented_with_its_signature(document: str) -> None:
     path = ROOT / document
     if not path.exists():

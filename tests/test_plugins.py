@@ -609,7 +609,7 @@ def test_example_plugin_against_the_emulator(emulator_env: Emulator, capsys: pyt
     assert capsys.readouterr().err == ""
 
 
-@pytest.mark.parametrize("document", ["README.md", "docs/README-plugins.md"])
+@pytest.mark.parametrize("document", ["README.md"])
 def test_readme_shows_the_example_plugin(document: str) -> None:
     path = ROOT / document
     if not path.exists():
