@@ -2493,7 +2493,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import traceback
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    verbose = "-v" in argv or "--verbose" in argv
+    verbose = any(arg == "--verbose" or re.fullmatch(r"-[qv]*v[qv]*", arg) for arg in argv)  # -v, -qv
+    # From the start: a SIGTERM while plugins load is exit 143 too, not death by the signal.
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         plugins = _load_plugins(argv)
         parser, extensible = _build_parser()
@@ -2512,14 +2514,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.max_retries < 0 or args.idle_timeout <= 0 or (args.deadline is not None and args.deadline <= 0):
             raise UsageError("--max-retries must be >= 0, --idle-timeout and --deadline > 0")
         hooks = _hooks_for(plugins, args)
-        previous = signal.signal(signal.SIGTERM, _on_sigterm)
-        try:
-            if args.command == "demo":
-                return _run_demo(args, hooks)
-            _check_since(args.since)
-            return _run_follow(args, hooks, _read_api_key(args), args.base_url)
-        finally:
-            signal.signal(signal.SIGTERM, previous)
+        if args.command == "demo":
+            return _run_demo(args, hooks)
+        _check_since(args.since)
+        return _run_follow(args, hooks, _read_api_key(args), args.base_url)
     except _Locked as exc:
         print(f"kernel-sse: {exc}", file=sys.stderr)
         return EXIT_LOCKED
@@ -2537,6 +2535,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"kernel-sse {__version__}: internal error; please report it with the traceback above",
               file=sys.stderr)
         return EXIT_INTERNAL
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
