@@ -194,7 +194,7 @@ def test_hook_on_error(emulator_env: Emulator, recorder: Recorder) -> None:
 
 
 def test_hook_on_heartbeat(emulator_env: Emulator, recorder: Recorder) -> None:
-    script = Script("inv_hb", (State("running"), Pause(0.4), State("succeeded")))
+    script = Script("inv_hb", (State("running"), Pause(1.0), State("succeeded")))
     assert run(emulator_env, script, "-p", str(recorder.path)) == 0
     events = recorder.events("on_heartbeat")
     assert events and all(isinstance(event, HeartbeatEvent) for event in events)
