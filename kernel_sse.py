@@ -1446,14 +1446,9 @@ class Follower:
         """
         order = self._order(timestamp, raw)
         if self._replaying:
-            if order < 0:
+            if order < 0 or (order == 0 and self._replayed(data)):
                 return False
-            if order == 0:
-                left = self._skip.get(data, 0)
-                if left:
-                    self._skip[data] = left - 1
-                    return False
-            else:
+            if order > 0:
                 self._replaying = False
         if order > 0:
             self._boundary_raw = raw
@@ -1466,13 +1461,18 @@ class Follower:
     def _deliver_untimed(self, data: str) -> bool:
         """Decide if an event without a usable timestamp (unknown kind,
         malformed) is new: while replaying, skip as many as were delivered."""
-        if self._replaying:
-            left = self._skip.get(data, 0)
-            if left:
-                self._skip[data] = left - 1
-                return False
+        if self._replaying and self._replayed(data):
+            return False
         self._seen[data] = self._seen.get(data, 0) + 1
         return True
+
+    def _replayed(self, data: str) -> bool:
+        """True (and counted) if ``data`` is one more copy the server replays
+        of what was delivered before the reconnect."""
+        left = self._skip.get(data, 0)
+        if left:
+            self._skip[data] = left - 1
+        return bool(left)
 
     def _order(self, timestamp: datetime, raw: str) -> int:
         """-1, 0 or 1 as ``raw`` lies before, at or after the boundary."""
