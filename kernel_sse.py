@@ -349,7 +349,7 @@ class SSEParser:
             id_buffer = self._id_buffer
             for piece in pieces:
                 if _LF in piece:  # more lines than one data line
-                    self._parse_text(b"data: " + piece + b"\n\n", events)
+                    self._parse_piece(piece, events)
                     id_buffer = self._id_buffer
                 else:
                     append(
@@ -367,6 +367,34 @@ class SSEParser:
             self._tail = [b"data: ", unfinished]
             self._tail_size = len(unfinished) + 6
         return self._result(events) if self._overflows else events
+
+    def _parse_piece(self, piece: bytes, events: List[ServerSentEvent]) -> None:
+        """Parse ``piece``: a data line's value, then maybe more lines, ending
+        with a dispatch; the state is clean before it.
+
+        The blocks that keep-alive comments and ``event:`` fields make are
+        common enough to take without the line-by-line pass.
+        """
+        blocks = piece.split(b"\n\n")
+        if _LF in blocks[0]:  # the first event has more lines
+            self._parse_text(b"data: " + piece + b"\n\n", events)
+            return
+        id_buffer = self._id_buffer
+        events.append(
+            _new_event(ServerSentEvent, ("message", blocks[0].decode("utf-8", "replace"), id_buffer, None))
+        )
+        for block in blocks[1:]:
+            if block[:1] == b":" and _LF not in block:
+                continue  # only a comment: nothing to dispatch
+            name, _, rest = block.partition(b"\n")
+            if name[:7] == b"event: " and rest[:6] == b"data: " and _LF not in rest:
+                event_type = name[7:].decode("utf-8", "replace") or "message"
+                data = rest[6:].decode("utf-8", "replace")
+                events.append(_new_event(ServerSentEvent, (event_type, data, id_buffer, None)))
+            else:
+                self._parse_text(block + b"\n\n", events)
+                id_buffer = self._id_buffer
+        self.last_event_id = id_buffer
 
     def _parse_text(self, text: bytes, events: List[ServerSentEvent]) -> None:
         """Apply ``text`` line by line; keep its unfinished last line.
