@@ -97,6 +97,7 @@ __all__ = [
     "format_text",
     "format_json",
     "format_result",
+    "print_line",
     # hooks
     "HOOK_NAMES",
     "BUNDLED_PLUGINS",
@@ -1654,6 +1655,21 @@ def format_result(invocation: Invocation, elapsed: Optional[float] = None) -> st
     return "\n".join(lines)
 
 
+def print_line(line: str, json_of: Optional[KernelEvent] = None) -> None:
+    """Print ``line`` on standard output and flush; where stdout cannot
+    encode it (a Latin-1 locale, say), lose nothing: a JSON line (give its
+    event as ``json_of``) is written with ``\\u`` escapes, a text line with
+    backslash escapes."""
+    try:
+        print(line, flush=True)
+    except UnicodeEncodeError:
+        if json_of is not None:
+            print(json.dumps(json_of.raw, separators=(",", ":")), flush=True)
+        else:
+            encoding = getattr(sys.stdout, "encoding", None) or "ascii"
+            print(line.encode(encoding, "backslashreplace").decode(encoding), flush=True)
+
+
 # ======================================================================
 # Hooks
 # ======================================================================
@@ -2085,19 +2101,6 @@ class _Signalled(BaseException):
     """Internal: SIGTERM arrived; unwinds the follow like KeyboardInterrupt."""
 
 
-def _print_line(line: str, json_of: Optional[KernelEvent] = None) -> None:
-    """Print a line; where stdout cannot encode it, lose nothing: JSON lines
-    (``json_of``) get \\u escapes, text lines backslash escapes."""
-    try:
-        print(line, flush=True)
-    except UnicodeEncodeError:
-        if json_of is not None:
-            print(json.dumps(json_of.raw, separators=(",", ":")), flush=True)
-        else:
-            encoding = getattr(sys.stdout, "encoding", None) or "ascii"
-            print(line.encode(encoding, "backslashreplace").decode(encoding), flush=True)
-
-
 class _BuiltinOutput:
     """Text or JSON lines on stdout with no plugin at all (a lone kernel_sse.py).
 
@@ -2113,7 +2116,7 @@ class _BuiltinOutput:
             return
         line = format_json(event) if self.output_format == "jsonl" else format_text(event)
         if line is not None:
-            _print_line(line, event if self.output_format == "jsonl" else None)
+            print_line(line, event if self.output_format == "jsonl" else None)
 
     def on_log(self, event: LogEvent) -> None:
         """Print a log line."""
@@ -2138,7 +2141,7 @@ class _BuiltinOutput:
     def on_terminal(self, invocation: Invocation, context: FollowContext) -> None:
         """Print the result (text output only: JSON lines stay pure)."""
         if self.output_format == "text":
-            _print_line(format_result(invocation, context.elapsed))
+            print_line(format_result(invocation, context.elapsed))
 
 
 def _add_follow_options(parser: argparse.ArgumentParser) -> None:

@@ -141,12 +141,7 @@ def _draw_status(elapsed: float) -> None:
 def _print(line: str, context: Optional[FollowContext] = None) -> None:
     """One line on stdout, the status line cleared before and redrawn after."""
     _clear_status()
-    try:
-        sys.stdout.write(line + "\n")
-    except UnicodeEncodeError:  # e.g. a Latin-1 locale: escape what it cannot show, lose no line
-        encoding = getattr(sys.stdout, "encoding", None) or "ascii"
-        sys.stdout.write((line + "\n").encode(encoding, "backslashreplace").decode(encoding))
-    sys.stdout.flush()
+    kernel_sse.print_line(line)  # escapes what stdout cannot show: no line is lost
     if context is not None:
         _draw_status(context.elapsed)
 

@@ -27,8 +27,6 @@ Options:
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from typing import Optional, TextIO
 
 import kernel_sse
@@ -82,15 +80,11 @@ def _write(event: KernelEvent) -> None:
         _run.done = True
     if not _run.stdout and _run.file is None:
         return
-    line = kernel_sse.format_json(event) + "\n"
+    line = kernel_sse.format_json(event)
     if _run.stdout:
-        try:
-            sys.stdout.write(line)
-        except UnicodeEncodeError:  # e.g. a Latin-1 locale: the same JSON, with \u escapes
-            sys.stdout.write(json.dumps(event.raw, separators=(",", ":")) + "\n")
-        sys.stdout.flush()
+        kernel_sse.print_line(line, event)  # \u escapes where stdout cannot encode
     if _run.file is not None:
-        _run.file.write(line)
+        _run.file.write(line + "\n")
         _run.file.flush()
 
 

@@ -163,11 +163,11 @@ def test_a_line_stdout_cannot_encode_is_escaped_not_lost(monkeypatch: pytest.Mon
     path = tmp_path / "out.txt"
     with open(path, "w", encoding="ascii") as stream:
         monkeypatch.setattr(sys, "stdout", stream)
-        kernel_sse._print_line("caf\u00e9 \u2713")
+        kernel_sse.print_line("caf\u00e9 \u2713")
         event = kernel_sse.parse_event(
             kernel_sse.ServerSentEvent(data='{"event":"log","timestamp":"2025-06-20T12:00:00Z","message":"\u2713"}')
         )
-        kernel_sse._print_line(kernel_sse.format_json(event), event)
+        kernel_sse.print_line(kernel_sse.format_json(event), event)
     written = path.read_text(encoding="ascii").splitlines()
     assert written[0] == "caf\\xe9 \\u2713"
     assert json.loads(written[1])["message"] == "\u2713"
