@@ -823,16 +823,17 @@ def parse_event(sse: ServerSentEvent) -> KernelEvent:
     if type(obj) is not dict:
         raise MalformedEvent(f"expected a JSON object, got {_kind(obj)}", data)
     kind = obj.get("event", sse.event)
-    # Logs and heartbeats are nearly every event: built without the general path.
-    stamp = obj.get("timestamp")
-    when = _plain_utc_time(stamp) if type(stamp) is str else None
-    if when is not None:
-        if kind == "log":
+    # Logs and heartbeats are nearly every event: built without the general
+    # path (which would parse the timestamp again, so only for these kinds).
+    if kind == "log" or kind == "sse_heartbeat":
+        stamp = obj.get("timestamp")
+        when = _plain_utc_time(stamp) if type(stamp) is str else None
+        if when is not None:
+            if kind == "sse_heartbeat":
+                return _fast_build(HeartbeatEvent, {"timestamp": when, "timestamp_raw": stamp, "raw": obj})
             message = obj.get("message")
             if type(message) is str:
                 return _fast_build(LogEvent, {"timestamp": when, "message": message, "timestamp_raw": stamp, "raw": obj})
-        elif kind == "sse_heartbeat":
-            return _fast_build(HeartbeatEvent, {"timestamp": when, "timestamp_raw": stamp, "raw": obj})
     if not isinstance(kind, str):
         raise MalformedEvent(f"event must be a string, got {_kind(kind)}", sse.data)
     builder = _BUILDERS.get(kind)
