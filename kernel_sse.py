@@ -1859,14 +1859,17 @@ class Hooks:
     """Calls plugin hooks one implementation at a time, so a failing plugin
     neither stops the follow nor keeps the others from the event.
 
-    Typed methods (one per hook) keep callers checked by mypy.
+    Typed methods (one per hook) keep callers checked by mypy.  ``failures``
+    counts the calls that raised.
     """
 
     def __init__(self, impls: Mapping[str, Sequence[_Impl]], strict: bool = False, trace: bool = False) -> None:
         self._impls = impls
         self.strict = strict
         self.trace = trace
-        self.errors: List[Tuple[str, str, BaseException]] = []
+        # A count, not the exceptions: their tracebacks would keep every
+        # failing call's events alive for the whole follow.
+        self.failures = 0
         self._reported: set[Tuple[str, str]] = set()
 
     def _call(self, hook: str, **kwargs: object) -> None:
@@ -1878,7 +1881,7 @@ class Hooks:
             except BrokenPipeError:
                 raise  # the reader of standard output is gone: nobody to print for
             except Exception as exc:  # a plugin's bug must not stop the follow
-                self.errors.append((impl.plugin, hook, exc))
+                self.failures += 1
                 if self.strict:  # fatal: the caller reports it, once
                     raise PluginFailed(impl.plugin, hook, exc) from exc
                 if (impl.plugin, hook) not in self._reported:
@@ -2481,7 +2484,7 @@ def _drive(follower: Follower, args: argparse.Namespace, hooks: Hooks, state: Op
     except PluginFailed as exc:
         print(f"kernel-sse: {exc}", file=sys.stderr)
         return EXIT_PLUGIN_ERROR
-    if outcome.exit_code == EXIT_SUCCEEDED and hooks.errors:
+    if outcome.exit_code == EXIT_SUCCEEDED and hooks.failures:
         return EXIT_PLUGIN_ERROR
     return outcome.exit_code
 
