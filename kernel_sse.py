@@ -1706,6 +1706,9 @@ class Outcome:
     message: Optional[str] = None
 
 
+_PluginState = TypeVar("_PluginState")
+
+
 class FollowContext:
     """What a hook knows about the follow in progress; read-only.
 
@@ -1717,6 +1720,7 @@ class FollowContext:
         self._options = dict(options)
         self._started = datetime.now(timezone.utc)
         self._started_clock = time.monotonic()
+        self._plugin_states: Dict[Callable[[], object], object] = {}
 
     @property
     def invocation_id(self) -> str:
@@ -1752,6 +1756,26 @@ class FollowContext:
     def options(self) -> Mapping[str, object]:
         """The parsed command-line options (plugins' own included), by dest name."""
         return self._options
+
+    def state_for(self, factory: Callable[[], _PluginState]) -> _PluginState:
+        """This follow's own instance of a plugin's state, made by ``factory()`` on first use.
+
+        Plugins keep per-follow state here instead of in module globals, so
+        several follows in one process never mix their counts or files::
+
+            class _Counts:
+                def __init__(self) -> None:
+                    self.logs = 0
+
+            @kernel_sse.hookimpl
+            def on_log(event, context):
+                context.state_for(_Counts).logs += 1
+        """
+        try:
+            return cast(_PluginState, self._plugin_states[factory])
+        except KeyError:
+            state = self._plugin_states[factory] = factory()
+            return state
 
     def __repr__(self) -> str:
         return f"<FollowContext {self.invocation_id!r} attempt={self.attempt}>"
@@ -1878,9 +1902,12 @@ class Hooks:
                 print(f"kernel-sse trace: {impl.plugin}.{hook}({', '.join(impl.argnames)})", file=sys.stderr)
             try:
                 impl.function(*[kwargs[name] for name in impl.argnames])
-            except BrokenPipeError:
-                raise  # the reader of standard output is gone: nobody to print for
-            except Exception as exc:  # a plugin's bug must not stop the follow
+            except (BrokenPipeError, KeyboardInterrupt, UsageError):
+                # The reader of standard output is gone (nobody to print for),
+                # the user or a signal stops the run, or a plugin refuses its
+                # options (exit 2, before the first request when raised in on_start).
+                raise
+            except BaseException as exc:  # noqa: B036 - sys.exit or CancelledError in a hook is a plugin error too
                 self.failures += 1
                 if self.strict:  # fatal: the caller reports it, once
                     raise PluginFailed(impl.plugin, hook, exc) from exc
@@ -2101,8 +2128,8 @@ _STATE_KIND = "kernel-sse-state"
 _SAVE_EVERY = 1.0  # seconds between state-file writes while following
 
 
-class _Signalled(BaseException):
-    """Internal: SIGTERM arrived; unwinds the follow like KeyboardInterrupt."""
+class _Signalled(KeyboardInterrupt):
+    """Internal: SIGTERM or SIGHUP arrived; unwinds the follow like Ctrl-C."""
 
 
 class _BuiltinOutput:
@@ -2466,10 +2493,10 @@ def _drive(follower: Follower, args: argparse.Namespace, hooks: Hooks, state: Op
         with contextlib.suppress(OSError, ValueError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         outcome = Outcome("interrupted", EXIT_SIGPIPE, follower.invocation, None)
-    except KeyboardInterrupt:
-        outcome = Outcome("interrupted", EXIT_SIGINT, follower.invocation, "interrupted (SIGINT)")
     except _Signalled:
         outcome = Outcome("interrupted", EXIT_SIGTERM, follower.invocation, "terminated (SIGTERM)")
+    except KeyboardInterrupt:
+        outcome = Outcome("interrupted", EXIT_SIGINT, follower.invocation, "interrupted (SIGINT)")
     finally:
         follower.close()
     if state is not None and outcome.status not in TERMINAL_STATUSES and outcome.status != "usage_error":
@@ -2561,10 +2588,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             traceback.print_exc()
         print(f"kernel-sse: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        return EXIT_SIGINT
     except _Signalled:
         return EXIT_SIGTERM
+    except KeyboardInterrupt:
+        return EXIT_SIGINT
     except Exception:  # a bug: say so, and never pass for "the invocation failed" (1)
         traceback.print_exc()
         print(f"kernel-sse {__version__}: internal error; please report it with the traceback above",
