@@ -36,6 +36,7 @@ from typing import (
     NamedTuple,
     Optional,
     Sequence,
+    Set,
     Tuple,
     Type,
     TypeVar,
@@ -70,6 +71,8 @@ __all__ = [
     "PluginError",
     "PluginFailed",
     "UsageError",
+    "describe_error",
+    "PYTHON_TERMS",
     # parser
     "SSEParser",
     "ServerSentEvent",
@@ -87,8 +90,10 @@ __all__ = [
     "TERMINAL_STATUSES",
     "parse_event",
     "parse_timestamp",
-    # follow loop
+    # follow state and loop
     "DEFAULT_BASE_URL",
+    "REORDER_WINDOW",
+    "FollowState",
     "Checkpoint",
     "Follower",
     "follow",
@@ -120,7 +125,69 @@ __all__ = [
 
 
 class KernelSSEError(Exception):
-    """Root of every error kernel-sse raises on purpose; catch this one."""
+    """Root of every error kernel-sse raises on purpose; catch this one.
+
+    The message says what happened; ``fix`` says what to do next.  Either
+    may name a setting as ``{name}`` (``{max_retries}``, ``{deadline}``...):
+    ``str(exc)`` shows the Python parameter, the command line shows its flag
+    (:func:`describe_error`).  Known secrets never appear in either.
+    """
+
+    fix = ""
+
+    def __init__(self, message: str = "", fix: Optional[str] = None) -> None:
+        super().__init__(message)
+        if fix is not None:
+            self.fix = fix
+
+    def __str__(self) -> str:
+        return describe_error(self, PYTHON_TERMS)
+
+
+PYTHON_TERMS: Dict[str, str] = {
+    "api_key": "api_key (or the KERNEL_API_KEY environment variable)",
+    "base_url": "base_url",
+    "allow_insecure_http": "allow_insecure_http=True",
+    "checkpoint": "checkpoint (Follower.checkpoint)",
+    "deadline": "deadline",
+    "idle_timeout": "idle_timeout",
+    "max_retries": "max_retries",
+    "max_event_bytes": "max_event_bytes",
+    "since": "since",
+    "backoff_base": "backoff_base",
+    "backoff_cap": "backoff_cap",
+    "reorder_window": "reorder_window",
+    "retry_after_cap": "retry_after_cap",
+    "payload": "payload",
+    "version": "version",
+}
+"""How an error names each setting in the Python API (see :class:`KernelSSEError`)."""
+
+_SECRETS: Set[str] = set()  # every secret this process holds (API key, proxy password): redacted from all messages
+
+
+def _register_secret(value: str) -> None:
+    """Remember a secret so that no message ever shows it."""
+    if len(value) >= 4:
+        _SECRETS.add(value)
+
+
+def _redact(text: str) -> str:
+    """``text`` with every known secret replaced by ``***``."""
+    for secret in _SECRETS:
+        if secret in text:
+            text = text.replace(secret, "***")
+    return text
+
+
+def describe_error(error: BaseException, terms: Mapping[str, str]) -> str:
+    """An error's message and fix on one line, naming settings in ``terms``
+    (setting name -> how the interface in use spells it), secrets redacted."""
+    message = Exception.__str__(error)
+    fix = getattr(error, "fix", "")
+    text = f"{message}; {fix}" if message and fix else message or fix
+    rendered = re.sub(r"\{([a-z_]+)\}", lambda match: terms.get(match.group(1), match.group(0)), text)
+    return _redact(rendered)
 
 
 class SSEProtocolError(KernelSSEError):
@@ -140,8 +207,8 @@ class EventTooLarge(SSEProtocolError):
         self, limit: int, events: List[ServerSentEvent], positions: Optional[List[int]] = None
     ) -> None:
         super().__init__(
-            f"an event exceeded the {limit}-byte limit and was skipped; "
-            "raise max_event_bytes if such events are expected"
+            f"an event exceeded the {limit}-byte limit and was skipped",
+            fix="raise {max_event_bytes} if such events are expected",
         )
         self.limit = limit
         self.events = events
@@ -156,8 +223,8 @@ class MalformedEvent(KernelSSEError):
 
     def __init__(self, reason: str, data: str) -> None:
         super().__init__(
-            f"malformed event ({reason}); the raw data is kept on the "
-            "exception's .data; report it if the server sent it"
+            f"malformed event ({reason}); the raw data is kept on the exception's .data",
+            fix="report it if the server sent it",
         )
         self.reason = reason
         self.data = data
@@ -174,10 +241,10 @@ class APIStatusError(KernelSSEError):
     spec's ``Error`` body (or describe the status when the body has none).
     """
 
-    hint = "check the request"
+    fix = "check the request"
 
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(f"the API answered {status} ({code}: {message}); {self.hint}")
+    def __init__(self, status: int, code: str, message: str, fix: Optional[str] = None) -> None:
+        super().__init__(f"the API answered {status} ({code}: {message})", fix)
         self.status = status
         self.code = code
         self.message = message
@@ -186,25 +253,25 @@ class APIStatusError(KernelSSEError):
 class BadRequestError(APIStatusError):
     """400: the API rejected the request, e.g. an unparsable ``since``."""
 
-    hint = "check the --since value and the invocation id"
+    fix = "check {since} and the invocation id"
 
 
 class AuthenticationError(APIStatusError):
     """401: the API key was missing or refused."""
 
-    hint = "the API key was refused: check KERNEL_API_KEY (or --api-key-file)"
+    fix = "the API key was refused: check {api_key}"
 
 
 class PermissionDeniedError(APIStatusError):
     """403: the key may not read this invocation."""
 
-    hint = "the key may not read this invocation: check its project and scope"
+    fix = "the key may not read this invocation: check its project (KERNEL_PROJECT_ID) and scope"
 
 
 class NotFoundError(APIStatusError):
     """404: there is no such invocation (for this key and project)."""
 
-    hint = "no such invocation: check the id, the project and KERNEL_BASE_URL"
+    fix = "no such invocation: check the id, the project and {base_url}"
 
 
 class StreamTimeout(KernelSSEError):
@@ -228,7 +295,7 @@ class PluginFailed(KernelSSEError):
 
     def __init__(self, plugin: str, hook: str, error: BaseException) -> None:
         super().__init__(
-            f"plugin {plugin!r} failed in {hook}: {_describe(error)}; fix or block it (-p no:{plugin})"
+            f"plugin '{plugin}' failed in {hook}: {_describe(error)}", fix=f"fix or block it (-p no:{plugin})"
         )
         self.plugin = plugin
         self.hook = hook
@@ -904,18 +971,514 @@ _BUILDERS: Dict[str, Callable[[_Fields], KernelEvent]] = {
 
 
 # ======================================================================
-# Follow loop
+# Follow state (sans-I/O): the rules of a follow, told what happened
 # ======================================================================
 
 DEFAULT_BASE_URL = "https://api.onkernel.com"
 """Where the Kernel API lives unless ``KERNEL_BASE_URL`` or ``base_url`` says otherwise."""
 
+REORDER_WINDOW = 5.0
+"""Seconds of timestamp disorder around the resume point that lose or repeat nothing."""
+
+_WINDOW_LIMIT = 4096  # events remembered inside the reorder window (bounds the state file)
+_STATUS_PROBE_AFTER = 10.0  # seconds on a connection without any invocation_state before asking GET /invocations/{id}
+_STATUS_PROBE_EVERY = 60.0  # and again this often while the stream still carries none
+_TOO_LARGE = "\x00client_event_too_large"  # stands for the data of an event too large to keep
+
+
+def _fingerprint(data: str) -> str:
+    """A short digest of an event's data: what the checkpoint remembers of it."""
+    import hashlib
+
+    return hashlib.blake2b(data.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
+
+
+def _time_key(timestamp: datetime, raw: str) -> Tuple[datetime, int]:
+    """An ordering key with the nanoseconds a datetime cannot hold."""
+    dot = raw.find(".")
+    nanos = 0
+    if dot >= 0:
+        digits = raw[dot + 7:dot + 10]
+        end = 0
+        while end < len(digits) and "0" <= digits[end] <= "9":
+            end += 1
+        nanos = int(digits[:end].ljust(3, "0")) if end else 0
+    return timestamp, nanos
+
+
+def _format_since(moment: datetime) -> str:
+    """A UTC RFC 3339 time with microseconds, for ``since``."""
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Where a follow stands, so another one can resume without loss or repeats.
+
+    ``since`` is the timestamp (as sent) of the newest log or error event
+    delivered.  ``seen`` holds ``(timestamp, fingerprint)`` for each event
+    delivered in the reorder window before it (repeats included, at most
+    4096: about 300 KB of JSON at worst), so a replay can tell a late event
+    it never delivered from a copy of one it did.  ``states`` fingerprints
+    the invocation states delivered (a replayed one is not news);
+    ``floor``, when set, is a time before which nothing is asked for again
+    (the window overflowed).
+    """
+
+    since: Optional[str] = None
+    seen: Tuple[Tuple[str, str], ...] = ()
+    states: Tuple[str, ...] = ()
+    floor: Optional[str] = None
+
+    def to_json(self) -> JSONObject:
+        """A JSON-ready form, for a state file."""
+        return {
+            "since": self.since,
+            "seen": [list(item) for item in self.seen],
+            "states": list(self.states),
+            "floor": self.floor,
+        }
+
+    @classmethod
+    def from_json(cls, obj: object) -> Checkpoint:
+        """Rebuild a checkpoint from :meth:`to_json` (or the older form whose
+        ``seen`` lists the data delivered at ``since``); ValueError if it is not one."""
+        if not isinstance(obj, dict):
+            raise ValueError("a checkpoint must be a JSON object")
+        since, floor, states = obj.get("since"), obj.get("floor"), obj.get("states", [])
+        if not isinstance(states, list) or not all(isinstance(item, str) for item in states):
+            raise ValueError("checkpoint 'states' must be a list of strings")
+        for name, value in (("since", since), ("floor", floor)):
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"checkpoint {name!r} must be a string or null")
+        for value in (since, floor):
+            if value is not None:
+                parse_timestamp(value)
+        items = obj.get("seen", [])
+        if not isinstance(items, list):
+            raise ValueError("checkpoint 'seen' must be a list")
+        seen: List[Tuple[str, str]] = []
+        for item in items:
+            if isinstance(item, str):  # the older form: the data itself, delivered at ``since``
+                seen.append((since or "", _fingerprint(item)))
+            elif (isinstance(item, list) and len(item) == 2
+                  and all(isinstance(part, str) for part in item)):
+                seen.append((item[0], item[1]))
+            else:
+                raise ValueError("checkpoint 'seen' must hold [timestamp, fingerprint] pairs")
+        return cls(since, tuple(seen), tuple(states), floor)
+
+
+class _Ended(Exception):
+    """Internal: one connection attempt ended without the terminal state."""
+
+    def __init__(self, reason: str, retry_after: Optional[float] = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class FollowState:
+    """The rules of one follow, with no I/O and no clock of its own.
+
+    A driver (:class:`Follower` over ``http.client``, :class:`AsyncFollower`
+    over asyncio) tells it what happened, always with the time ``now`` (a
+    monotonic clock, in seconds), and does what it answers:
+
+    - :meth:`start_attempt` before each request: the ``since`` to send (it
+      raises :class:`DeadlineExceeded` once the deadline has passed);
+    - :meth:`receive` with the bytes that arrived: the events to deliver, in
+      order, each once;
+    - :meth:`attempt_failed` when the attempt ended without the terminal
+      state: the seconds to wait before the next one, or the error that ends
+      the follow (retries exhausted, idle too often, deadline);
+    - :meth:`status_probe_due` / :meth:`receive_status`: when the stream
+      carries no state, the driver asks ``GET /invocations/{id}``, so a
+      finished invocation is never waited on forever;
+    - :attr:`wake_at`: the one time bound of whatever the driver waits on
+      (idle limit or deadline, whichever is first); the driver must wake
+      and call :meth:`check_time` then.
+
+    Once-only delivery: a reconnect asks for ``since`` = the newest log or
+    error timestamp delivered (as sent) and drops from the replay exactly the
+    events it delivered before (by fingerprint, as many copies as were
+    delivered, for every event up to :data:`REORDER_WINDOW` seconds older
+    than that), so an event stamped a little earlier than the newest one, if
+    never delivered, is delivered when the server sends it.  Invocation states
+    do not move the resume point (a server may stamp its snapshot with the
+    time of the connect): one is delivered when its content differs from the
+    last state delivered.  Oversized, malformed and unknown events follow
+    the same once-only rule as every other event.
+    """
+
+    def __init__(
+        self,
+        *,
+        now: float,
+        since: Optional[str] = None,
+        checkpoint: Optional[Checkpoint] = None,
+        idle_timeout: float = 90.0,
+        deadline: Optional[float] = None,
+        max_retries: int = 10,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 30.0,
+        retry_after_cap: Optional[float] = None,
+        max_event_bytes: int = 16 * 1024 * 1024,
+        reorder_window: float = REORDER_WINDOW,
+        random: Optional[Callable[[], float]] = None,
+    ) -> None:
+        _check_number("idle_timeout", idle_timeout, minimum=0.0, inclusive=False)
+        if deadline is not None:
+            _check_number("deadline", deadline, minimum=0.0, inclusive=False)
+        _check_number("backoff_base", backoff_base, minimum=0.0)
+        _check_number("backoff_cap", backoff_cap, minimum=0.0)
+        if retry_after_cap is not None:
+            _check_number("retry_after_cap", retry_after_cap, minimum=0.0)
+        _check_number("reorder_window", reorder_window, minimum=0.0)
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ConfigurationError(f"max_retries must be a whole number, 0 or more (got {max_retries!r})")
+        import random as random_module
+
+        self.idle_timeout = float(idle_timeout)
+        self.deadline = deadline
+        self.deadline_at = None if deadline is None else now + deadline
+        self.max_retries = max_retries
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.retry_after_cap = backoff_cap if retry_after_cap is None else retry_after_cap
+        self.max_event_bytes = max_event_bytes
+        self.reorder_window = reorder_window
+        self._random = random or random_module.random
+        self.attempt = 0
+        self.reconnects = 0
+        self.invocation: Optional[Invocation] = None
+        self.finished = False
+        self._user_since = since
+        self._failures = 0
+        self._idle_failures = 0
+        self._progressed = False
+        self._idle_at = now + self.idle_timeout
+        self._probe_at: Optional[float] = None
+        self._state_on_connection = False
+        self._probed_on_connection = False
+        self._parser = SSEParser(max_event_bytes)
+        # Resume state: the newest timed event delivered, the window of
+        # recent deliveries, and the last state's content.
+        self._latest: Optional[Tuple[datetime, int]] = None
+        self._latest_raw: Optional[str] = None
+        self._floor: Optional[Tuple[datetime, int]] = None
+        self._floor_raw: Optional[str] = None
+        self._window: Dict[str, int] = {}
+        self._window_order: List[Tuple[Tuple[datetime, int], str, str]] = []  # (time, raw time, fingerprint)
+        self._skip: Dict[str, int] = {}
+        self._skip_before: Optional[Tuple[datetime, int]] = None
+        self._states: List[str] = []
+        if checkpoint is not None:
+            self._restore(checkpoint)
+
+    # -- what the driver asks ------------------------------------------
+
+    @property
+    def wake_at(self) -> float:
+        """The monotonic time by which the driver must wake and call :meth:`check_time`."""
+        if self.deadline_at is not None and self.deadline_at < self._idle_at:
+            return self.deadline_at
+        return self._idle_at
+
+    def check_time(self, now: float) -> Optional[str]:
+        """Raise :class:`DeadlineExceeded` if the deadline has passed; return
+        why the attempt must end if the stream has been idle too long, else None."""
+        if self.deadline_at is not None and now >= self.deadline_at:
+            raise DeadlineExceeded(
+                f"the deadline of {self.deadline:g}s passed before the invocation finished",
+                fix="raise {deadline}, or resume later from the {checkpoint}",
+            )
+        if now >= self._idle_at:
+            return f"no event for {self.idle_timeout:g}s"
+        return None
+
+    def start_attempt(self, now: float) -> Optional[str]:
+        """A request is about to be sent: return its ``since`` (None for none)."""
+        self.check_time(now)
+        self.attempt += 1
+        self._progressed = False
+        self._state_on_connection = False
+        self._probed_on_connection = False
+        self._idle_at = now + self.idle_timeout
+        self._probe_at = now + _STATUS_PROBE_AFTER
+        self._parser = SSEParser(self.max_event_bytes)
+        self._skip = dict(self._window)
+        since = self._resume_since()
+        # A replay may carry events from before ``since`` (servers differ, clocks
+        # disagree): within the reorder window the fingerprints decide; older
+        # ones were delivered before, or are too late to tell.
+        self._skip_before = None
+        if self._latest is not None:
+            self._skip_before = (self._latest[0] - _timedelta(self.reorder_window), self._latest[1])
+        return since
+
+    def receive(self, data: bytes, now: float) -> Iterator[KernelEvent]:
+        """Bytes arrived on the stream: the events to deliver, in order, each once.
+
+        Lazy on purpose: an event counts as delivered (and enters the
+        checkpoint) only when the iterator hands it over, so a consumer that
+        stops half-way through a chunk loses nothing it did not see.
+        """
+        try:
+            sses: List[Optional[ServerSentEvent]] = list(self._parser.feed(data))
+        except EventTooLarge as exc:
+            sses = list(exc.events)
+            for position in reversed(exc.positions):
+                sses.insert(position, None)  # where the skipped event stood
+        if sses:
+            self._idle_at = now + self.idle_timeout
+        return self._deliver(sses, now)
+
+    def _deliver(self, sses: List[Optional[ServerSentEvent]], now: float) -> Iterator[KernelEvent]:
+        for sse in sses:
+            event = self._admit(sse, now)
+            if event is not None:
+                yield event
+                if self.finished:
+                    return
+
+    def status_probe_due(self, now: float) -> bool:
+        """True when the driver should ask for the invocation's status now."""
+        return not self.finished and self._probe_at is not None and now >= self._probe_at
+
+    def receive_status(
+        self, invocation: Optional[Invocation], now: float, raw_invocation: Optional[JSONObject] = None
+    ) -> List[KernelEvent]:
+        """The answer of ``GET /invocations/{id}`` (None if it failed; its JSON
+        object as ``raw_invocation``): a terminal status ends the follow with
+        an ``invocation_state`` event built from it."""
+        self._probe_at = now + _STATUS_PROBE_EVERY
+        self._probed_on_connection = True
+        if invocation is None or not invocation.is_terminal:
+            return []
+        stamp = invocation.finished_at or invocation.started_at
+        raw_time = invocation.finished_at_raw or invocation.started_at_raw or _format_since(stamp)
+        raw: JSONObject = {
+            "event": "invocation_state",
+            "timestamp": raw_time,
+            "invocation": raw_invocation if raw_invocation is not None else {},
+        }
+        event = InvocationStateEvent(stamp, invocation, raw_time, raw)
+        return [event] if self._admit_state(event) else []
+
+    def attempt_failed(self, reason: str, now: float, retry_after: Optional[float] = None) -> float:
+        """The attempt ended without the terminal state: return the seconds to
+        wait before the next one, or raise the error that ends the follow."""
+        idle = self.check_time(now) is not None
+        if not self._state_on_connection and not self.finished:
+            self._probe_at = now  # the stream said nothing of the invocation: ask
+        self._failures = 0 if self._progressed else self._failures + 1
+        self._idle_failures = self._idle_failures + 1 if idle else 0
+        if self._failures > self.max_retries:
+            if self._idle_failures >= self._failures:
+                raise StreamTimeout(
+                    f"no event for {self.idle_timeout:g}s, {self._idle_failures} times in a row, although "
+                    "the server sends heartbeats: the connection is stalled",
+                    fix="check proxies and the network, or raise {idle_timeout}",
+                )
+            raise ConnectionFailed(
+                f"gave up after {self._failures} failed attempts in a row (last: {reason})",
+                fix="check the network and {base_url}, or raise {max_retries}",
+            )
+        self.reconnects += 1
+        if retry_after is not None:
+            # A server may ask for any wait (even years): never more than the cap.
+            delay = min(max(0.0, retry_after), self.retry_after_cap)
+        else:
+            ceiling = min(self.backoff_cap, self.backoff_base * (2 ** min(self._failures, 30)))
+            delay = self._random() * ceiling
+        return delay
+
+    @property
+    def checkpoint(self) -> Checkpoint:
+        """Where the follow stands: resume from here with nothing lost or repeated."""
+        self._prune()
+        seen = tuple((raw, print_) for _time, raw, print_ in self._window_order)
+        return Checkpoint(self._latest_raw, seen, tuple(self._states), self._floor_raw)
+
+    # -- once-only delivery ----------------------------------------------
+
+    def _admit(self, sse: Optional[ServerSentEvent], now: float) -> Optional[KernelEvent]:
+        """Type one event; None when it is a copy of one already delivered."""
+        if sse is None:
+            if not self._admit_untimed(_TOO_LARGE):
+                return None
+            return _client_error(
+                "client_event_too_large", f"an event larger than {self.max_event_bytes} bytes was skipped", ""
+            )
+        try:
+            event = parse_event(sse)
+        except MalformedEvent as exc:
+            if not self._admit_untimed(sse.data):
+                return None
+            return _client_error("client_malformed_event", exc.reason, exc.data)
+        if isinstance(event, HeartbeatEvent):
+            if not self._state_on_connection and not self._probed_on_connection:
+                # The server is past its replay and has said nothing of the
+                # invocation: perhaps it finished before ``since``.
+                self._probe_at = now
+            return event
+        if isinstance(event, InvocationStateEvent):
+            self._state_on_connection = True
+            self._probe_at = None
+            return event if self._admit_state(event) else None
+        if isinstance(event, (LogEvent, ErrorEvent)):
+            return event if self._admit_timed(event.timestamp, event.timestamp_raw, sse.data) else None
+        return event if self._admit_untimed(sse.data) else None
+
+    def _admit_state(self, event: InvocationStateEvent) -> bool:
+        """A state is news unless one with the same content was delivered
+        (whatever its timestamp); a terminal one ends the follow either way."""
+        if event.invocation.is_terminal:
+            self.finished = True
+        print_ = _fingerprint(json.dumps(event.raw.get("invocation"), sort_keys=True, default=str))
+        if print_ in self._states:
+            return False
+        self.invocation = event.invocation
+        self._states = (self._states + [print_])[-64:]  # an invocation has a handful of states
+        self._progressed = True
+        return True
+
+    def _admit_timed(self, timestamp: datetime, raw: str, data: str) -> bool:
+        key = _time_key(timestamp, raw)
+        print_ = _fingerprint(data)
+        if self._is_copy(print_, key):
+            return False
+        self._remember(key, raw, print_)
+        if self._latest is None or key > self._latest:
+            self._latest, self._latest_raw = key, raw
+        return True
+
+    def _admit_untimed(self, data: str) -> bool:
+        """Events with no usable timestamp count as delivered at the newest one."""
+        print_ = _fingerprint(data)
+        if self._is_copy(print_, None):
+            return False
+        key = self._latest or (datetime.min.replace(tzinfo=timezone.utc), 0)
+        self._remember(key, self._latest_raw or "", print_)
+        return True
+
+    def _is_copy(self, print_: str, key: Optional[Tuple[datetime, int]]) -> bool:
+        """True (and counted) for a replayed copy of an event delivered before."""
+        left = self._skip.get(print_, 0)
+        if left:
+            self._skip[print_] = left - 1
+            return True
+        # Older than what was asked for: the server ignores ``since``, and
+        # such an event lies before the window: delivered before, or too late to tell.
+        return key is not None and self._skip_before is not None and key < self._skip_before
+
+    def _remember(self, key: Tuple[datetime, int], raw: str, print_: str) -> None:
+        self._progressed = True
+        self._window[print_] = self._window.get(print_, 0) + 1
+        self._window_order.append((key, raw, print_))
+        if len(self._window_order) > 2 * _WINDOW_LIMIT:
+            self._prune()
+
+    def _prune(self) -> None:
+        """Forget deliveries older than the window, and the oldest past the limit."""
+        if self._latest is None:
+            start = None
+        else:
+            start = (self._latest[0] - _timedelta(self.reorder_window), self._latest[1])
+        kept = [item for item in self._window_order if start is None or item[0] >= start]
+        kept.sort(key=lambda item: item[0])
+        if len(kept) > _WINDOW_LIMIT:
+            dropped = kept[-_WINDOW_LIMIT - 1]
+            # Nothing at or before the newest forgotten event is asked for again.
+            floor = (dropped[0][0] + _timedelta(1e-6), 0)
+            if self._floor is None or floor > self._floor:
+                self._floor, self._floor_raw = floor, _format_since(floor[0])
+            kept = kept[-_WINDOW_LIMIT:]
+        self._window_order = kept
+        window: Dict[str, int] = {}
+        for _key, _raw, print_ in kept:
+            window[print_] = window.get(print_, 0) + 1
+        self._window = window
+
+    def _resume_since(self) -> Optional[str]:
+        """The ``since`` of the next request: the newest log or error
+        timestamp delivered, as sent (or the caller's ``since`` before any)."""
+        if self._latest is None or self._latest_raw is None:
+            return self._floor_raw or self._user_since
+        candidates = [(self._latest[0], self._latest_raw)]
+        if self._floor is not None and self._floor_raw is not None:
+            candidates.append((self._floor[0], self._floor_raw))
+        return max(candidates, key=lambda item: item[0])[1]
+
+    def _user_since_time(self) -> Optional[datetime]:
+        """The caller's ``since``, when it is a time (a duration is the server's to read)."""
+        if self._user_since is None:
+            return None
+        try:
+            return parse_timestamp(self._user_since)
+        except ValueError:
+            return None
+
+    def _restore(self, checkpoint: Checkpoint) -> None:
+        if checkpoint.since is not None:
+            self._latest = _time_key(parse_timestamp(checkpoint.since), checkpoint.since)
+            self._latest_raw = checkpoint.since
+        if checkpoint.floor is not None:
+            self._floor = _time_key(parse_timestamp(checkpoint.floor), checkpoint.floor)
+            self._floor_raw = checkpoint.floor
+        self._states = list(checkpoint.states)
+        for raw, print_ in checkpoint.seen:
+            try:
+                key = _time_key(parse_timestamp(raw), raw)
+            except ValueError:  # an untimed event delivered before any timed one
+                key = (datetime.min.replace(tzinfo=timezone.utc), 0)
+            self._window[print_] = self._window.get(print_, 0) + 1
+            self._window_order.append((key, raw, print_))
+
+
+def _timedelta(seconds: float) -> Any:
+    from datetime import timedelta
+
+    return timedelta(seconds=seconds)
+
+
+def _check_number(name: str, value: float, *, minimum: float, inclusive: bool = True) -> None:
+    """Refuse a setting that is not a finite number in range (nan and inf included)."""
+    import math
+
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value >= minimum if inclusive else value > minimum)
+    if not ok:
+        bound = f">= {minimum:g}" if inclusive else f"> {minimum:g}"
+        raise ConfigurationError(f"{{{name}}} must be a finite number {bound} (got {value!r})")
+
+
+def _client_error(code: str, message: str, data: str) -> ErrorEvent:
+    """An error event made here, for data the stream could not deliver."""
+    now = datetime.now(timezone.utc)
+    stamp = now.isoformat().replace("+00:00", "Z")
+    detail = ApiErrorDetail("raw_data", data)
+    raw: JSONObject = {
+        "event": "error",
+        "timestamp": stamp,
+        "error": {"code": code, "message": message, "details": [{"code": "raw_data", "message": data}]},
+    }
+    return ErrorEvent(now, ApiError(code, message, (detail,)), stamp, raw)
+
+
+# ======================================================================
+# Follow loop: the blocking driver (http.client)
+# ======================================================================
+
 _PYTHON_VERSION = "%d.%d.%d" % sys.version_info[:3]
-_RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+_RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS = 5
 _READ_SIZE = 65536
 _CONNECT_TIMEOUT = 30.0
+_ERROR_BODY_LIMIT = 65536
+_URL_SAFE = "/%:@!$&'()*+,;=-._~?"  # what a request target may carry unquoted
 
 
 _STATUS_ERRORS: Dict[int, Callable[[int, str, str], APIStatusError]] = {
@@ -924,38 +1487,6 @@ _STATUS_ERRORS: Dict[int, Callable[[int, str, str], APIStatusError]] = {
     403: PermissionDeniedError,
     404: NotFoundError,
 }
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """Where a follow stands, so another one can resume without repeats.
-
-    ``since`` is the timestamp string of the last log, state or error event
-    delivered; ``seen`` holds the data of every event delivered at exactly
-    that timestamp (repeats included), since the server sends those again.
-    """
-
-    since: Optional[str] = None
-    seen: Tuple[str, ...] = ()
-
-    def to_json(self) -> JSONObject:
-        """A JSON-ready form, for a state file."""
-        return {"since": self.since, "seen": list(self.seen)}
-
-    @classmethod
-    def from_json(cls, obj: object) -> Checkpoint:
-        """Rebuild a checkpoint from :meth:`to_json`; ValueError if it is not one."""
-        if not isinstance(obj, dict):
-            raise ValueError("a checkpoint must be a JSON object")
-        since = obj.get("since")
-        seen = obj.get("seen", [])
-        if since is not None and not isinstance(since, str):
-            raise ValueError("checkpoint 'since' must be a string or null")
-        if not isinstance(seen, list) or not all(isinstance(item, str) for item in seen):
-            raise ValueError("checkpoint 'seen' must be a list of strings")
-        if since is not None:
-            parse_timestamp(since)
-        return cls(since, tuple(seen))
 
 
 class _Secret:
@@ -968,16 +1499,6 @@ class _Secret:
 
     def __repr__(self) -> str:
         return "<secret>"
-
-
-class _Attempt(Exception):
-    """Internal: one connection attempt ended without the terminal state."""
-
-    def __init__(self, reason: str, retry_after: Optional[float] = None, idle: bool = False) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.retry_after = retry_after
-        self.idle = idle
 
 
 def _is_loopback(host: str) -> bool:
@@ -995,7 +1516,7 @@ def _is_loopback(host: str) -> bool:
 def _check_text(name: str, value: str) -> None:
     """Refuse control characters, which could split an HTTP request."""
     if any(ord(char) < 32 or ord(char) == 127 for char in value):
-        raise ConfigurationError(f"the {name} contains control characters; check where it came from")
+        raise ConfigurationError(f"the {name} contains control characters", fix="check where it came from")
 
 
 def _check_header(name: str, value: str) -> None:
@@ -1005,64 +1526,282 @@ def _check_header(name: str, value: str) -> None:
         value.encode("latin-1")
     except UnicodeEncodeError:
         raise ConfigurationError(
-            f"the {name} has characters an HTTP header cannot carry; check where it came from"
+            f"the {name} has characters an HTTP header cannot carry", fix="check where it came from"
         ) from None
 
 
-def _time_key(timestamp: datetime, raw: str) -> Tuple[datetime, int]:
-    """An ordering key with the nanoseconds a datetime cannot hold."""
-    dot = raw.find(".")
-    nanos = 0
-    if dot >= 0:
-        digits = raw[dot + 7:dot + 10]
-        end = 0
-        while end < len(digits) and digits[end].isdigit():
-            end += 1
-        nanos = int(digits[:end].ljust(3, "0")) if end else 0
-    return timestamp, nanos
-
-
 def _parse_retry_after(value: Optional[str]) -> Optional[float]:
-    """Seconds to wait from a ``Retry-After`` header, or None."""
+    """Seconds to wait from a ``Retry-After`` header, or None when it is
+    absent or unreadable (any value a server sends is survivable)."""
     import email.utils
 
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    if value.isascii() and value.isdigit():  # "²".isdigit() is true too
+        return float(value) if len(value) < 12 else 1e11
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
-def _client_error(code: str, message: str, data: str) -> ErrorEvent:
-    """An error event made here, for data the stream could not deliver."""
-    now = datetime.now(timezone.utc)
-    stamp = now.isoformat().replace("+00:00", "Z")
-    detail = ApiErrorDetail("raw_data", data)
-    raw: JSONObject = {
-        "event": "error",
-        "timestamp": stamp,
-        "error": {"code": code, "message": message, "details": [{"code": "raw_data", "message": data}]},
-    }
-    return ErrorEvent(now, ApiError(code, message, (detail,)), stamp, raw)
+def _describe(exc: BaseException) -> str:
+    """A one-line description of an error."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _error_body(status: int, body: bytes) -> Tuple[str, str]:
+    """The spec's ``Error`` {code, message} from a body, or a description."""
+    import http.client
+
+    try:
+        obj = json.loads(body.decode("utf-8", "replace"))
+    except (ValueError, RecursionError):
+        obj = None
+    if isinstance(obj, dict) and isinstance(obj.get("code"), str) and isinstance(obj.get("message"), str):
+        return str(obj["code"]), str(obj["message"])
+    reason = http.client.responses.get(status, "error")
+    return reason.lower().replace(" ", "_"), reason
+
+
+class _Endpoint:
+    """Where and how to reach the API: base URL, key, TLS, proxy, headers.
+
+    Everything is checked here, once, before the first request.
+    """
+
+    def __init__(
+        self,
+        api_key: Optional[str],
+        base_url: Optional[str],
+        project_id: Optional[str],
+        allow_insecure_http: bool,
+        ssl_context: Optional[ssl.SSLContext],
+    ) -> None:
+        import urllib.parse
+
+        key = api_key if api_key is not None else os.environ.get("KERNEL_API_KEY", "")
+        if not key:
+            raise ConfigurationError("no API key", fix="set {api_key}")
+        _check_header("API key", key)
+        self._key = _Secret(key)
+        _register_secret(key)
+        url_setting = "{base_url}" if base_url is not None else "KERNEL_BASE_URL"
+        self.base_url = (base_url or os.environ.get("KERNEL_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        _check_text(f"base URL ({url_setting})", self.base_url)
+        try:
+            parts = urllib.parse.urlsplit(self.base_url)
+            port = parts.port
+        except ValueError as exc:
+            raise ConfigurationError(f"the base URL {self.base_url!r} ({url_setting}) is not valid: {exc}") from None
+        if parts.username is not None or parts.password is not None:
+            if parts.password:
+                _register_secret(parts.password)
+            raise ConfigurationError(
+                f"the base URL ({url_setting}) must not carry credentials", fix="give the key in {api_key}"
+            )
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigurationError(
+                f"the base URL {self.base_url!r} ({url_setting}) is not an http(s) URL",
+                fix="use a URL such as https://api.onkernel.com",
+            )
+        if parts.scheme == "http" and not _is_loopback(parts.hostname) and not allow_insecure_http:
+            raise ConfigurationError(
+                f"refusing to send the API key over plain HTTP to {parts.hostname}",
+                fix="use https, or allow it explicitly with {allow_insecure_http}",
+            )
+        self.scheme = parts.scheme
+        self.host = parts.hostname
+        self.port = port or (443 if parts.scheme == "https" else 80)
+        self.path_prefix = parts.path.rstrip("/")
+        self.project_id = project_id if project_id is not None else os.environ.get("KERNEL_PROJECT_ID")
+        if self.project_id:
+            _check_header("project id", self.project_id)
+        self.ssl_context = ssl_context
+        self.proxy = _proxy_for(self.host) if self.scheme == "https" else None
+
+    def headers(self, accept: str) -> Dict[str, str]:
+        """The request headers (the only place the key is used)."""
+        headers = {
+            "Authorization": f"Bearer {self._key.value}",
+            "Accept": accept,
+            "User-Agent": f"kernel-sse/{__version__} Python/{_PYTHON_VERSION}",
+        }
+        if accept == "text/event-stream":
+            headers["Cache-Control"] = "no-cache"
+        if self.project_id:
+            headers["X-Kernel-Project-Id"] = self.project_id
+        return headers
+
+    def connection(self, origin: Tuple[str, str, int], timeout: float) -> http.client.HTTPConnection:
+        """A new connection to ``origin`` (scheme, host, port), through the HTTPS proxy if set."""
+        import http.client
+        import ssl
+
+        scheme, host, port = origin
+        if scheme == "http":
+            return http.client.HTTPConnection(host, port, timeout=timeout)
+        context = self.ssl_context or ssl.create_default_context()
+        if self.proxy is None:
+            return http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
+        proxy_host, proxy_port, authorization = self.proxy
+        connection = http.client.HTTPSConnection(proxy_host, proxy_port, timeout=timeout, context=context)
+        connection.set_tunnel(host, port, headers={"Proxy-Authorization": authorization} if authorization else {})
+        return connection
+
+    def redirect(self, origin: Tuple[str, str, int], target: str, location: str, status: int) -> str:
+        """The request target a same-origin redirect points to; _Ended or an
+        error for a redirect that cannot be followed."""
+        import urllib.parse
+
+        scheme, host, port = origin
+        try:
+            parts = urllib.parse.urlsplit(urllib.parse.urljoin(f"{scheme}://{host}:{port}{target}", location))
+            to_port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            raise _Ended(f"the server redirected to an invalid address {location[:200]!r}") from None
+        if (parts.scheme, parts.hostname, to_port) != origin:
+            raise APIStatusError(
+                status,
+                "redirect_refused",
+                f"redirect to another origin ({parts.scheme}://{parts.hostname}:{to_port}) refused "
+                f"so the API key stays with {host}",
+                fix="set {base_url} to the new address if it is trusted",
+            )
+        path = parts.path or "/"
+        return urllib.parse.quote(path + ("?" + parts.query if parts.query else ""), safe=_URL_SAFE)
+
+
+def _proxy_for(host: str) -> Optional[Tuple[str, int, Optional[str]]]:
+    """The HTTPS proxy the environment names for ``host``: (host, port,
+    Proxy-Authorization value), checked; None for none."""
+    import base64
+    import urllib.parse
+    import urllib.request
+
+    # Public in CPython since 3.0 but missing from typeshed's stubs.
+    bypass = cast(Callable[[str, Dict[str, str]], bool], getattr(urllib.request, "proxy_bypass_environment"))
+    proxies = urllib.request.getproxies_environment()
+    proxy = proxies.get("https")
+    if not proxy or bypass(host, proxies):
+        return None
+    try:
+        parts = urllib.parse.urlsplit(proxy if "://" in proxy else "http://" + proxy)
+        port = parts.port or 8080
+    except ValueError as exc:
+        raise ConfigurationError(f"the HTTPS_PROXY setting is not a valid URL ({exc})",
+                                 fix="fix HTTPS_PROXY (http://host:port) or unset it") from None
+    if parts.password:
+        _register_secret(parts.password)
+        _register_secret(urllib.parse.unquote(parts.password))
+    if not parts.hostname or parts.scheme not in ("http", "https"):
+        raise ConfigurationError("the HTTPS_PROXY setting names no proxy host",
+                                 fix="fix HTTPS_PROXY (http://host:port) or unset it")
+    authorization = None
+    if parts.username is not None:
+        credentials = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+        authorization = "Basic " + base64.b64encode(credentials.encode()).decode("ascii")
+        _register_secret(authorization)
+    return parts.hostname, port, authorization
+
+
+class _Watchdog:
+    """The one place a blocking follow's time bounds are enforced.
+
+    The follow state says by when the driver must be awake (``wake_at``:
+    the idle limit or the deadline, whichever comes first).  One thread per
+    follow waits for that moment and then shuts down the socket the driver
+    is blocked on, so any read, however the server trickles its bytes (head,
+    chunk sizes, trailers, error bodies), returns at once; the driver then
+    asks the follow state what happened.  Sleeps between attempts wait on an
+    event that :meth:`stop` sets.  It cannot interrupt a DNS lookup (bounded
+    by the resolver's own timeouts) or code that runs outside the driver.
+    """
+
+    def __init__(self) -> None:
+        import threading
+
+        self._lock = threading.Condition()
+        self._at: Optional[float] = None
+        self._socket: Callable[[], Optional[socket.socket]] = lambda: None
+        self.stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="kernel-sse-watchdog", daemon=True)
+        self._thread.start()
+
+    def watch(self, sock: Callable[[], Optional[socket.socket]], at: float) -> None:
+        """Shut the socket ``sock()`` names down at monotonic time ``at``
+        unless moved or released first (a callable: a connection's socket
+        appears only as it connects)."""
+        with self._lock:
+            self._socket, self._at = sock, at
+            self._lock.notify()
+
+    def move(self, at: float) -> None:
+        """The bound moved (an event arrived); later bounds need no wake-up."""
+        earlier = self._at is None or at < self._at
+        self._at = at
+        if earlier:
+            with self._lock:
+                self._lock.notify()
+
+    def release(self) -> None:
+        """Nothing to watch until the next :meth:`watch`."""
+        with self._lock:
+            self._socket, self._at = (lambda: None), None
+
+    def sleep(self, seconds: float) -> None:
+        """Wait, unless stopped."""
+        self.stopped.wait(max(0.0, seconds))
+
+    def stop(self) -> None:
+        """End the thread and wake any sleep; shut the watched socket down."""
+        with self._lock:
+            self.stopped.set()
+            self._abort()
+            self._lock.notify()
+
+    def _run(self) -> None:
+        with self._lock:
+            while not self.stopped.is_set():
+                at = self._at
+                if at is None:
+                    self._lock.wait()
+                    continue
+                left = at - time.monotonic()
+                if left > 0:
+                    self._lock.wait(left)
+                    continue
+                self._abort()
+                self._at = None
+
+    def _abort(self) -> None:
+        import socket
+
+        sock = self._socket()
+        if sock is not None:
+            with contextlib.suppress(OSError, ValueError):
+                # The plain socket's shutdown: for TLS it leaves the SSL
+                # object alone, which the reading thread is still using.
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 class Follower:
     """Follows one invocation's event stream to its terminal state.
 
     Iterate over it (or use :func:`follow`) to get typed events.  It
-    reconnects after drops, resumes with ``since`` and drops what it already
-    delivered, treats ``idle_timeout`` seconds without an event as a drop,
-    and stops after the terminal ``invocation_state`` or at ``deadline``
-    seconds.  ``checkpoint`` tells where it stands, for a later resume;
-    ``attempt`` counts requests, ``reconnects`` the drops recovered from,
-    ``invocation`` is the last state delivered.
+    reconnects after drops, resumes with ``since`` and delivers each event
+    once (see :class:`FollowState` for the rules), treats ``idle_timeout``
+    seconds without a complete event as a drop, and stops after the
+    terminal ``invocation_state`` or raises :class:`DeadlineExceeded` at
+    ``deadline`` seconds, whatever the server does.  ``checkpoint`` tells
+    where it stands, for a later resume; ``attempt`` counts requests,
+    ``reconnects`` the drops recovered from, ``invocation`` is the last
+    state delivered.  :meth:`close` (from any thread) stops it at once.
     """
 
     def __init__(
@@ -1082,483 +1821,290 @@ class Follower:
         max_event_bytes: int = 16 * 1024 * 1024,
         backoff_base: float = 0.5,
         backoff_cap: float = 30.0,
+        retry_after_cap: Optional[float] = None,
         on_retry: Optional[Callable[[int, float, str], None]] = None,
     ) -> None:
-        import urllib.parse
-
-        key = api_key if api_key is not None else os.environ.get("KERNEL_API_KEY", "")
-        if not key:
-            raise ConfigurationError(
-                "no API key: set the KERNEL_API_KEY environment variable (or pass api_key)"
-            )
         if not invocation_id:
             raise ConfigurationError("the invocation id is empty")
         _check_text("invocation id", invocation_id)
-        _check_header("API key", key)
-        if idle_timeout <= 0:
-            raise ConfigurationError("idle_timeout must be positive")
-        if max_retries < 0:
-            raise ConfigurationError("max_retries must be 0 or more")
         self.invocation_id = invocation_id
-        self.base_url = (base_url or os.environ.get("KERNEL_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
-        self._key = _Secret(key)
-        parts = urllib.parse.urlsplit(self.base_url)
-        if parts.username is not None or parts.password is not None:
-            raise ConfigurationError(
-                "the base URL must not carry credentials; give the key in KERNEL_API_KEY"
-            )
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigurationError(
-                f"the base URL {self.base_url!r} is not an http(s) URL; check KERNEL_BASE_URL"
-            )
-        if parts.scheme == "http" and not _is_loopback(parts.hostname) and not allow_insecure_http:
-            raise ConfigurationError(
-                f"refusing to send the API key over plain HTTP to {parts.hostname}; "
-                "use https, or allow it explicitly (allow_insecure_http)"
-            )
-        self._scheme = parts.scheme
-        self._host = parts.hostname
-        self._port = parts.port or (443 if parts.scheme == "https" else 80)
-        self._path_prefix = parts.path.rstrip("/")
-        self._first_since = since
-        self.idle_timeout = idle_timeout
+        self._endpoint = _Endpoint(api_key, base_url, project_id, allow_insecure_http, ssl_context)
+        self.base_url = self._endpoint.base_url
+        self.state = FollowState(
+            now=time.monotonic(),
+            since=since,
+            checkpoint=checkpoint,
+            idle_timeout=idle_timeout,
+            deadline=deadline,
+            max_retries=max_retries,
+            backoff_base=backoff_base,
+            backoff_cap=backoff_cap,
+            retry_after_cap=retry_after_cap,
+            max_event_bytes=max_event_bytes,
+        )
+        self.idle_timeout = self.state.idle_timeout
         self.deadline = deadline
         self.max_retries = max_retries
-        self.project_id = project_id if project_id is not None else os.environ.get("KERNEL_PROJECT_ID")
-        if self.project_id:
-            _check_header("project id", self.project_id)
-        self._ssl_context = ssl_context
         self.max_event_bytes = max_event_bytes
-        self.backoff_base = backoff_base
-        self.backoff_cap = backoff_cap
         self.on_retry = on_retry
-        self.attempt = 0
-        self.reconnects = 0
-        self.invocation: Optional[Invocation] = None
-        self.finished = False
+        self._started = False
+        self._watchdog: Optional[_Watchdog] = None
         self._connection: Optional[http.client.HTTPConnection] = None
         self._response: Optional[http.client.HTTPResponse] = None
-        self._ends_at: Optional[float] = None
-        # Resume state: the boundary (the last delivered log, state or error
-        # timestamp) and how often each event was delivered at it.
-        self._boundary_raw: Optional[str] = None
-        self._boundary_time: Optional[datetime] = None
-        self._seen: Dict[str, int] = {}
-        self._skip: Dict[str, int] = {}
-        self._replaying = False
-        if checkpoint is not None:
-            if checkpoint.since is not None:
-                self._boundary_raw = checkpoint.since
-                self._boundary_time = parse_timestamp(checkpoint.since)
-            for data in checkpoint.seen:
-                self._seen[data] = self._seen.get(data, 0) + 1
 
     def __repr__(self) -> str:
         return f"<Follower {self.invocation_id!r} at {self.base_url} attempt={self.attempt}>"
 
     @property
+    def attempt(self) -> int:
+        """Requests made for the stream so far."""
+        return self.state.attempt
+
+    @property
+    def reconnects(self) -> int:
+        """Drops recovered from so far."""
+        return self.state.reconnects
+
+    @property
+    def invocation(self) -> Optional[Invocation]:
+        """The invocation as last reported (None before the first state)."""
+        return self.state.invocation
+
+    @property
+    def finished(self) -> bool:
+        """True once the terminal state has been delivered."""
+        return self.state.finished
+
+    @property
     def checkpoint(self) -> Checkpoint:
-        """Where the follow stands: resume from here with no repeats."""
-        seen = tuple(data for data, count in self._seen.items() for _ in range(count))
-        return Checkpoint(self._boundary_raw, seen)
+        """Where the follow stands: resume from here with no loss and no repeats."""
+        return self.state.checkpoint
+
+    def start_clock(self) -> None:
+        """Start the deadline now (the CLI does, before reading its files); iterating does otherwise."""
+        if not self._started:
+            self._started = True
+            if self.deadline is not None:
+                self.state.deadline_at = time.monotonic() + self.deadline
 
     # -- the loop ------------------------------------------------------
 
     def __iter__(self) -> Iterator[KernelEvent]:
         """Yield every event once, in order, up to the terminal state."""
-        if self.deadline is not None:
-            self._ends_at = time.monotonic() + self.deadline
-        failures = 0
-        idle_failures = 0
+        self.start_clock()
+        state = self.state
+        watchdog = self._watchdog = _Watchdog()
         try:
             while True:
-                self.attempt += 1
-                progressed = False
+                since = state.start_attempt(time.monotonic())
                 try:
-                    for event in self._stream_once():
-                        if not isinstance(event, HeartbeatEvent):
-                            progressed = True
-                        yield event
-                    if self.finished:
+                    yield from self._stream(since, watchdog)
+                    if state.finished:
                         return
-                    raise _Attempt("the server ended the stream before the terminal state")
-                except _Attempt as ended:
-                    failures = 0 if progressed else failures + 1
-                    idle_failures = idle_failures + 1 if ended.idle else 0
-                    if failures > self.max_retries:
-                        self._give_up(ended, failures, idle_failures)
-                    delay = self._backoff(failures, ended.retry_after)
-                    self.reconnects += 1
+                    raise _Ended("the server ended the stream before the terminal state")
+                except _Ended as ended:
+                    self._close_connection()
+                    if state.status_probe_due(time.monotonic()):
+                        yield from self._probe_status()
+                        if self.finished:
+                            return
+                    delay = state.attempt_failed(ended.reason, time.monotonic(), ended.retry_after)
                     if self.on_retry is not None:
-                        self.on_retry(self.attempt + 1, delay, ended.reason)
-                    self._sleep(delay)
+                        self.on_retry(state.attempt + 1, delay, ended.reason)
+                    self._sleep(delay, watchdog)
         finally:
-            self.close()
+            watchdog.stop()
+            self._close_connection()
 
     def close(self) -> None:
-        """Close the connection, if one is open."""
-        if self._response is not None:
-            self._response.close()
-            self._response = None
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
+        """Stop the follow and close its connection (safe from another thread)."""
+        if self._watchdog is not None:
+            self._watchdog.stop()
+        self._close_connection()
 
-    def _give_up(self, ended: _Attempt, failures: int, idle_failures: int) -> NoReturn:
-        """Raise the error for retries exhausted."""
-        if idle_failures >= failures:
-            raise StreamTimeout(
-                f"no event for {self.idle_timeout:g}s, {idle_failures} times in a row; the server "
-                "sends heartbeats, so the connection is stalled: check proxies and the "
-                "network, or raise the idle timeout"
-            )
-        raise ConnectionFailed(
-            f"gave up after {failures} failed attempts in a row (last: {ended.reason}); "
-            "check the network and KERNEL_BASE_URL, or raise max_retries"
-        )
+    def _close_connection(self) -> None:
+        response, connection = self._response, self._connection
+        self._response = self._connection = None
+        if response is not None:
+            with contextlib.suppress(Exception):
+                response.close()
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                connection.close()
 
-    def _backoff(self, failures: int, retry_after: Optional[float]) -> float:
-        """Seconds to wait before the next attempt: capped full jitter."""
-        import random
-
-        if retry_after is not None:
-            return retry_after
-        ceiling = min(self.backoff_cap, self.backoff_base * (2 ** min(failures, 30)))
-        return random.uniform(0, ceiling)
-
-    def _remaining(self) -> Optional[float]:
-        """Seconds left before the deadline, or None without one."""
-        if self._ends_at is None:
-            return None
-        return self._ends_at - time.monotonic()
-
-    def _sleep(self, delay: float) -> None:
+    def _sleep(self, delay: float, watchdog: _Watchdog) -> None:
         """Wait ``delay`` seconds, but never past the deadline."""
-        remaining = self._remaining()
-        if remaining is not None and delay >= remaining:
-            time.sleep(max(0.0, remaining))
-            self._deadline_passed()
-        time.sleep(delay)
+        deadline_at = self.state.deadline_at
+        if deadline_at is not None:
+            delay = min(delay, deadline_at - time.monotonic())
+        watchdog.sleep(delay)
+        if watchdog.stopped.is_set():
+            raise _Ended("the follow was closed")
 
-    def _deadline_passed(self) -> NoReturn:
-        """Raise DeadlineExceeded."""
-        raise DeadlineExceeded(
-            f"the deadline of {self.deadline:g}s passed before the invocation finished; "
-            "raise the deadline, or resume later from the checkpoint (--state-file)"
-        )
-
-    def _time_left(self, limit: float) -> float:
-        """``limit``, shortened to what is left before the deadline."""
-        remaining = self._remaining()
-        if remaining is None:
-            return limit
-        if remaining <= 0:
-            self._deadline_passed()
-        return min(limit, remaining)
+    def _wake_reason(self, default: str) -> str:
+        """Why a blocked read returned: the deadline (raised), idle, or ``default``."""
+        return self.state.check_time(time.monotonic()) or default
 
     # -- one attempt ---------------------------------------------------
 
-    def _request_path(self) -> str:
-        """The events path, with ``since`` for a resume."""
+    def _events_path(self, since: Optional[str]) -> str:
         import urllib.parse
 
-        path = f"{self._path_prefix}/invocations/{urllib.parse.quote(self.invocation_id, safe='')}/events"
-        since = self._boundary_raw or self._first_since
+        path = f"{self._endpoint.path_prefix}/invocations/{urllib.parse.quote(self.invocation_id, safe='')}/events"
         if since:
             path += "?" + urllib.parse.urlencode({"since": since})
         return path
 
-    def _headers(self) -> Dict[str, str]:
-        """The request headers (the only place the key is used)."""
-        headers = {
-            "Authorization": f"Bearer {self._key.value}",
-            "Accept": "text/event-stream",
-            "Cache-Control": "no-cache",
-            "User-Agent": f"kernel-sse/{__version__} Python/{_PYTHON_VERSION}",
-        }
-        if self.project_id:
-            headers["X-Kernel-Project-Id"] = self.project_id
-        return headers
-
-    def _open(self, host: str, port: int, scheme: str) -> http.client.HTTPConnection:
-        """Make a connection, through the HTTPS proxy if the environment names one."""
-        import base64
-        import http.client
-        import ssl
-        import urllib.parse
-
-        # Connecting waits no longer than an idle stream would.
-        timeout = self._time_left(min(_CONNECT_TIMEOUT, self.idle_timeout))
-        if scheme == "http":
-            return http.client.HTTPConnection(host, port, timeout=timeout)
-        context = self._ssl_context or ssl.create_default_context()
-        proxy = _proxy_for(host)
-        if proxy is None:
-            return http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
-        proxy_parts = urllib.parse.urlsplit(proxy if "://" in proxy else "http://" + proxy)
-        connection = http.client.HTTPSConnection(
-            proxy_parts.hostname or "", proxy_parts.port or 8080, timeout=timeout, context=context
-        )
-        tunnel_headers = {}
-        if proxy_parts.username is not None:
-            credentials = f"{urllib.parse.unquote(proxy_parts.username)}:" + urllib.parse.unquote(
-                proxy_parts.password or ""
-            )
-            tunnel_headers["Proxy-Authorization"] = "Basic " + base64.b64encode(
-                credentials.encode()
-            ).decode("ascii")
-        connection.set_tunnel(host, port, headers=tunnel_headers)
-        return connection
-
-    def _exchange(
-        self, connection: http.client.HTTPConnection, path: str
+    def _request(
+        self, method: str, target: str, accept: str, watchdog: _Watchdog
     ) -> Tuple[http.client.HTTPResponse, socket.socket]:
-        """Send the request and read the response head, within the idle limit
-        and the deadline however slowly the server answers; return the
-        response and its socket."""
+        """Send one request, following same-origin redirects; return the
+        final response (any status) and its socket, read under the watchdog."""
         import http.client
-        import socket
-        import threading
 
-        limit = self._time_left(self.idle_timeout)
-        expired = threading.Event()
-
-        def interrupt() -> None:
-            # http.client restarts the socket timeout for every byte of the
-            # head, so a trickling server is cut off from outside.
-            expired.set()
-            sock = connection.sock
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-
-        watchdog = threading.Timer(limit, interrupt)
-        watchdog.daemon = True
-        watchdog.start()
-        try:
-            connection.request("GET", path, headers=self._headers())
-            # Taken now: for a response that closes the connection,
-            # http.client hands the socket to the response and forgets it.
-            sock = connection.sock
-            assert sock is not None  # request() connected
-            return connection.getresponse(), sock
-        except (OSError, http.client.HTTPException) as exc:
-            remaining = self._remaining()
-            if remaining is not None and remaining <= 0:
-                self._deadline_passed()
-            if expired.is_set() or isinstance(exc, socket.timeout):
-                raise _Attempt(f"no response within {limit:g}s", idle=True) from None
-            raise _Attempt(f"connection failed: {_describe(exc)}") from None
-        finally:
-            watchdog.cancel()
-            watchdog.join()
-
-    def _connect(self) -> Tuple[http.client.HTTPResponse, socket.socket]:
-        """Send the request, following same-origin redirects; return a 200
-        response and its socket."""
-        import urllib.parse
-
-        scheme, host, port = self._scheme, self._host, self._port
-        path = self._request_path()
+        endpoint = self._endpoint
+        origin = (endpoint.scheme, endpoint.host, endpoint.port)
         for _hop in range(_MAX_REDIRECTS + 1):
-            self.close()
-            connection = self._connection = self._open(host, port, scheme)
-            response, sock = self._exchange(connection, path)
-            self._response = response
-            status = response.status
-            if status == 200:
-                content_type = response.getheader("Content-Type", "")
-                if not content_type.lower().startswith("text/event-stream"):
-                    raise _Attempt(f"expected an event stream, got {content_type or 'no content type'}")
-                return response, sock
-            if status in _REDIRECT_STATUSES:
-                location = response.getheader("Location", "")
-                target = urllib.parse.urlsplit(
-                    urllib.parse.urljoin(f"{scheme}://{host}:{port}{path}", location)
-                )
-                target_port = target.port or (443 if target.scheme == "https" else 80)
-                if (target.scheme, target.hostname, target_port) != (scheme, host, port):
-                    raise APIStatusError(
-                        status,
-                        "redirect_refused",
-                        f"redirect to another origin ({target.scheme}://{target.hostname}:"
-                        f"{target_port}) refused so the API key stays with {host}; "
-                        "set KERNEL_BASE_URL to the new address if it is trusted",
-                    )
-                path = target.path + ("?" + target.query if target.query else "")
+            self._close_connection()
+            timeout = max(0.001, min(_CONNECT_TIMEOUT, self.state.wake_at - time.monotonic()))
+            connection = self._connection = endpoint.connection(origin, timeout)
+            watchdog.watch(lambda: connection.sock, self.state.wake_at)
+            try:
+                connection.connect()
+                sock = connection.sock
+                assert sock is not None
+                # Reads wait as long as they must: the watchdog bounds them, not a per-read timeout.
+                sock.settimeout(None)
+                watchdog.watch(lambda: sock, self.state.wake_at)
+                connection.request(method, target, headers=endpoint.headers(accept))
+                response = self._response = connection.getresponse()
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                raise _Ended(self._wake_reason(f"connection failed: {_describe(exc)}")) from None
+            if response.status in _REDIRECT_STATUSES and method == "GET":
+                target = endpoint.redirect(origin, target, response.getheader("Location", "") or "", response.status)
                 continue
-            body = _read_body(response)
-            if status in _RETRYABLE_STATUSES or status >= 500:
-                raise _Attempt(
-                    f"the API answered {status}",
-                    retry_after=_parse_retry_after(response.getheader("Retry-After")),
-                )
-            code, message = _error_body(status, body)
-            raise _STATUS_ERRORS.get(status, APIStatusError)(status, code, message)
-        raise _Attempt(f"more than {_MAX_REDIRECTS} redirects")
+            return response, sock
+        raise _Ended(f"more than {_MAX_REDIRECTS} redirects")
 
-    def _stream_once(self) -> Iterator[KernelEvent]:
+    def _read_error(self, response: http.client.HTTPResponse) -> bytes:
+        """An error body, bounded; what arrived before a failure or the watchdog."""
+        import http.client
+
+        body = b""
+        with contextlib.suppress(OSError, http.client.HTTPException, ValueError):
+            while len(body) < _ERROR_BODY_LIMIT:
+                piece = response.read1(_ERROR_BODY_LIMIT - len(body))
+                if not piece:
+                    break
+                body += piece
+        self.state.check_time(time.monotonic())
+        return body
+
+    def _refuse(self, status: int, body: bytes) -> NoReturn:
+        code, message = _error_body(status, body)
+        raise _STATUS_ERRORS.get(status, APIStatusError)(status, code, _redact(message))
+
+    def _stream(self, since: Optional[str], watchdog: _Watchdog) -> Iterator[KernelEvent]:
         """One connection: yield new events until the stream ends or stalls."""
         import http.client
-        import socket
 
-        response, sock = self._connect()
-        parser = SSEParser(self.max_event_bytes)
-        self._replaying = self._boundary_raw is not None or bool(self._seen)
-        self._skip = dict(self._seen)
-        idle_ends = time.monotonic() + self.idle_timeout
+        state = self.state
+        response, sock = self._request("GET", self._events_path(since), "text/event-stream", watchdog)
+        status = response.status
+        if status != 200:
+            body = self._read_error(response)
+            if status in _RETRYABLE_STATUSES or status >= 500 or status in _REDIRECT_STATUSES:
+                raise _Ended(f"the API answered {status}", _parse_retry_after(response.getheader("Retry-After")))
+            self._refuse(status, body)
+        content_type = response.getheader("Content-Type", "") or ""
+        if not content_type.lower().startswith("text/event-stream"):
+            raise _Ended(f"expected an event stream, got {content_type[:100] or 'no content type'}")
         while True:
-            now = time.monotonic()
-            wait = idle_ends - now
-            if self._ends_at is not None and self._ends_at - now < wait:
-                wait = self._ends_at - now
-                if wait <= 0:
-                    self._deadline_passed()
-            if wait <= 0:
-                raise _Attempt(f"no event for {self.idle_timeout:g}s", idle=True)
-            sock.settimeout(wait)
             try:
                 chunk = response.read1(_READ_SIZE)
-            except socket.timeout:
-                continue  # the loop head tells the idle limit from the deadline
-            except (OSError, http.client.HTTPException) as exc:
-                raise _Attempt(f"the connection broke: {_describe(exc)}") from None
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                raise _Ended(self._wake_reason(f"the connection broke: {_describe(exc)}")) from None
             if not chunk:
-                raise _Attempt("the server ended the stream before the terminal state")
-            try:
-                sses: List[Optional[ServerSentEvent]] = list(parser.feed(chunk))
-            except EventTooLarge as exc:
-                sses = list(exc.events)
-                for position in reversed(exc.positions):
-                    sses.insert(position, None)  # where the skipped event was
-            if sses:
-                idle_ends = time.monotonic() + self.idle_timeout
-            for sse in sses:
-                if sse is None:
-                    yield _client_error(
-                        "client_event_too_large",
-                        f"an event larger than {self.max_event_bytes} bytes was skipped",
-                        "",
-                    )
-                    continue
-                event = self._typed(sse)
-                if event is not None:
-                    yield event
-                if self.finished:
+                raise _Ended(self._wake_reason("the server ended the stream before the terminal state"))
+            now = time.monotonic()
+            events = state.receive(chunk, now)
+            watchdog.move(state.wake_at)
+            yield from events
+            if state.finished:
+                return
+            if state.status_probe_due(now):
+                yield from self._probe_status()
+                if self.finished:  # the probe found the invocation finished
                     return
 
-    def _typed(self, sse: ServerSentEvent) -> Optional[KernelEvent]:
-        """Type one event; None when it repeats one already delivered."""
+    def _probe_status(self) -> Iterator[KernelEvent]:
+        """Ask ``GET /invocations/{id}`` and hand the answer to the follow state."""
+        invocation: Optional[Invocation] = None
+        raw: Optional[JSONObject] = None
         try:
-            event = parse_event(sse)
-        except MalformedEvent as exc:
-            if not self._deliver_untimed(sse.data):
-                return None
-            return _client_error("client_malformed_event", exc.reason, exc.data)
-        if isinstance(event, (LogEvent, InvocationStateEvent, ErrorEvent)):
-            delivered = self._deliver(event.timestamp, event.timestamp_raw, sse.data)
-            if isinstance(event, InvocationStateEvent) and (delivered or event.invocation.is_terminal):
-                # A terminal state seen again (resuming a finished follow)
-                # still ends the follow, without a repeat.
-                self.invocation = event.invocation
-                self.finished = event.invocation.is_terminal
-            return event if delivered else None
-        if isinstance(event, UnknownEvent) and not self._deliver_untimed(sse.data):
-            return None
-        return event
-
-    def _deliver(self, timestamp: datetime, raw: str, data: str) -> bool:
-        """Decide if a timestamped event is new; if so, record it.
-
-        On a resume the server replays from ``since`` inclusive: drop what
-        lies before the boundary, and at the boundary exactly as many copies
-        of each event as were delivered before.
-        """
-        order = self._order(timestamp, raw)
-        if self._replaying:
-            if order < 0 or (order == 0 and self._replayed(data)):
-                return False
-            if order > 0:
-                self._replaying = False
-        if order > 0:
-            self._boundary_raw = raw
-            self._boundary_time = timestamp
-            self._seen = {data: 1}
-        elif order == 0:
-            self._seen[data] = self._seen.get(data, 0) + 1
-        return True
-
-    def _deliver_untimed(self, data: str) -> bool:
-        """Decide if an event without a usable timestamp (unknown kind,
-        malformed) is new: while replaying, skip as many as were delivered."""
-        if self._replaying and self._replayed(data):
-            return False
-        self._seen[data] = self._seen.get(data, 0) + 1
-        return True
-
-    def _replayed(self, data: str) -> bool:
-        """True (and counted) if ``data`` is one more copy the server replays
-        of what was delivered before the reconnect."""
-        left = self._skip.get(data, 0)
-        if left:
-            self._skip[data] = left - 1
-        return bool(left)
-
-    def _order(self, timestamp: datetime, raw: str) -> int:
-        """-1, 0 or 1 as ``raw`` lies before, at or after the boundary."""
-        boundary = self._boundary_raw
-        if boundary is None or self._boundary_time is None:
-            return 1
-        if raw == boundary:
-            return 0
-        if len(raw) == len(boundary) and raw[-1] == boundary[-1] == "Z" and raw[10] == boundary[10]:
-            return 1 if raw > boundary else -1  # same shape: text order is time order
-        mine = _time_key(timestamp, raw)
-        theirs = _time_key(self._boundary_time, boundary)
-        return (mine > theirs) - (mine < theirs)
+            invocation, raw = _fetch_invocation(self._endpoint, self.invocation_id, self.state.wake_at)
+        except (KernelSSEError, _Ended):
+            self.state.check_time(time.monotonic())  # the deadline ends the follow; anything else waits
+        yield from self.state.receive_status(invocation, time.monotonic(), raw)
 
 
-def _proxy_for(host: str) -> Optional[str]:
-    """The HTTPS proxy the environment names for ``host``, if any."""
-    import urllib.request
+def _fetch_invocation(endpoint: _Endpoint, invocation_id: str, until: Optional[float]) -> Tuple[Invocation, JSONObject]:
+    """``GET /invocations/{id}`` on a connection of its own, bounded by
+    ``until`` (monotonic) or the connect timeout: the invocation and its JSON."""
+    import urllib.parse
 
-    # Public in CPython since 3.0 but missing from typeshed's stubs.
-    bypass = cast(Callable[[str, Dict[str, str]], bool], getattr(urllib.request, "proxy_bypass_environment"))
-    proxies = urllib.request.getproxies_environment()
-    proxy = proxies.get("https")
-    if not proxy or bypass(host, proxies):
-        return None
-    return proxy
-
-
-def _describe(exc: BaseException) -> str:
-    """A one-line description of a network error."""
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    target = f"{endpoint.path_prefix}/invocations/{urllib.parse.quote(invocation_id, safe='')}"
+    status, body = _call(endpoint, "GET", target, None, until)
+    if status != 200:
+        code, message = _error_body(status, body)
+        raise _STATUS_ERRORS.get(status, APIStatusError)(status, code, _redact(message))
+    obj = _json_object(body, "invocation")
+    try:
+        return _invocation(_Fields(obj, "invocation")), obj
+    except _Invalid as exc:
+        raise _Ended(f"the API sent an invocation that is not valid: {exc}") from None
 
 
-def _read_body(response: http.client.HTTPResponse) -> bytes:
-    """Read an error body, bounded, never failing."""
+def _json_object(body: bytes, what: str) -> JSONObject:
+    """A response body that must be one JSON object; _Ended if it is not."""
+    try:
+        obj = json.loads(body.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:
+        raise _Ended(f"the API sent a {what} that is not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise _Ended(f"the API sent a {what} that is not a JSON object")
+    return cast(JSONObject, obj)
+
+
+def _call(
+    endpoint: _Endpoint, method: str, target: str, body: Optional[bytes], until: Optional[float] = None
+) -> Tuple[int, bytes]:
+    """One JSON request on a fresh connection: (status, body up to 4 MiB),
+    bounded as a whole by ``until`` (monotonic) or the connect timeout."""
     import http.client
 
+    now = time.monotonic()
+    limit = (until if until is not None else now + _CONNECT_TIMEOUT) - now
+    if limit <= 0:
+        raise _Ended("no time left for the request")
+    watchdog = _Watchdog()
+    origin = (endpoint.scheme, endpoint.host, endpoint.port)
+    connection = endpoint.connection(origin, limit)
     try:
-        return response.read(65536)
-    except (OSError, http.client.HTTPException):
-        return b""
-
-
-def _error_body(status: int, body: bytes) -> Tuple[str, str]:
-    """The spec's ``Error`` {code, message} from a body, or a description."""
-    import http.client
-
-    try:
-        obj = json.loads(body.decode("utf-8", "replace"))
-    except (ValueError, RecursionError):
-        obj = None
-    if isinstance(obj, dict) and isinstance(obj.get("code"), str) and isinstance(obj.get("message"), str):
-        return str(obj["code"]), str(obj["message"])
-    reason = http.client.responses.get(status, "error")
-    return reason.lower().replace(" ", "_"), reason
+        watchdog.watch(lambda: connection.sock, now + limit)
+        connection.connect()
+        headers = endpoint.headers("application/json")
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        connection.request(method, target, body=body, headers=headers)
+        response = connection.getresponse()
+        data = response.read(4 * 1024 * 1024)
+        return response.status, data
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        raise _Ended(f"{method} {target} failed: {_describe(exc)}") from None
+    finally:
+        watchdog.stop()
+        connection.close()
 
 
 def follow(

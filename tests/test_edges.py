@@ -49,8 +49,18 @@ def test_checkpoint_from_json_refuses_what_it_did_not_write(bad: object) -> None
 
 
 def test_checkpoint_round_trip() -> None:
-    point = Checkpoint("2025-06-20T12:00:00Z", ("a", "a", "b"))
+    stamp = "2025-06-20T12:00:00Z"
+    point = Checkpoint(stamp, ((stamp, "aa"), (stamp, "aa"), (stamp, "bb")), ("cc",), "2025-06-20T11:00:00Z")
     assert Checkpoint.from_json(json.loads(json.dumps(point.to_json()))) == point
+
+
+def test_checkpoint_of_the_older_form_still_loads() -> None:
+    """A state file written before fingerprints: ``seen`` held the data delivered at ``since``."""
+    stamp = "2025-06-20T12:00:00Z"
+    point = Checkpoint.from_json({"since": stamp, "seen": ["a", "a", "b"]})
+    assert point.since == stamp
+    assert [when for when, _print in point.seen] == [stamp] * 3
+    assert point.seen[0] == point.seen[1] != point.seen[2]
 
 
 def test_resume_across_timestamp_shapes(emulator: Emulator) -> None:
@@ -80,7 +90,8 @@ def test_checkpoint_of_another_shape_resumes_without_repeats(emulator: Emulator)
     # The same instant written with an offset: nothing before it comes again.
     since = "2025-06-20T14:00:00.1+02:00"
     data = [event.data for event in emulator.invocation("inv_ckpt").emitted() if "one" in event.data.decode()]
-    resumed = Follower("inv_ckpt", idle_timeout=5, checkpoint=Checkpoint(since, (data[0].decode(),)))
+    older_form = Checkpoint.from_json({"since": since, "seen": [data[0].decode()]})
+    resumed = Follower("inv_ckpt", idle_timeout=5, checkpoint=older_form)
     assert messages(list(resumed)) == ["two"]
 
 

@@ -43,6 +43,7 @@ from hypothesis import strategies as st
 
 import kernel_sse
 from kernel_sse import (
+    parse_timestamp,
     APIStatusError,
     AuthenticationError,
     BadRequestError,
@@ -193,7 +194,7 @@ def run_follow(emu: Emulator, invocation_id: str, **options: object) -> Run:
     delivered: List[str] = []
 
     def on_retry(attempt: int, delay: float, reason: str) -> None:
-        holder[0].retry_since.append(delivered[-1] if delivered else None)
+        holder[0].retry_since.append(resume_since(delivered))
         holder[0].retry_delays.append(delay)
 
     follower = make_follower(emu, invocation_id, on_retry=on_retry, **options)
@@ -203,12 +204,22 @@ def run_follow(emu: Emulator, invocation_id: str, **options: object) -> Run:
     try:
         for event in follower:
             result.events.append(event)
-            if is_server_event(event):
-                delivered.append(event.timestamp_raw)  # type: ignore[union-attr]
+            if isinstance(event, LogEvent) or (
+                isinstance(event, ErrorEvent) and not event.error.code.startswith("client_")
+            ):
+                delivered.append(event.timestamp_raw)
     except KernelSSEError as exc:
         result.error = exc
     result.elapsed = time.monotonic() - started
     return result
+
+
+def resume_since(delivered: Sequence[str]) -> Optional[str]:
+    """The ``since`` a resume must carry: the newest log or error timestamp
+    delivered, as sent (states do not move it); None before any."""
+    if not delivered:
+        return None
+    return max(delivered, key=lambda raw: (parse_timestamp(raw), raw))
 
 
 def event_requests(emu: Emulator, invocation_id: str) -> List[RequestRecord]:
@@ -722,7 +733,11 @@ def test_drop_after_every_event_index(shared_emulator: Emulator, drop_after: int
     assert_exactly_once(shared_emulator, inv, run)
     assert len(event_requests(shared_emulator, inv)) == 2
     assert_resumes_carry_since(shared_emulator, inv, run)
-    assert run.retry_since == [None if drop_after == 0 else base_timestamps()[drop_after - 1]]
+    timed = [t for t, kind in zip(base_timestamps(), BASE_KINDS) if kind in ("log", "error")][: max(0, drop_after - 2)]
+    assert run.retry_since == [resume_since(timed)]
+
+
+BASE_KINDS = ("state", "state", "log", "log", "log", "error", "log", "log", "state")
 
 
 def base_timestamps() -> List[str]:
@@ -748,7 +763,7 @@ def test_duplicates_by_position_at_one_timestamp(emulator: Emulator) -> None:
     assert run.logs == ["x", "x", "y", "x", "z"]
     assert_exactly_once(emulator, inv, run)
     assert_resumes_carry_since(emulator, inv, run)
-    assert run.retry_since == [same, same, same, same]
+    assert run.retry_since == [resume_since([same])] * 4
 
 
 def test_equal_microseconds_different_nanoseconds(emulator: Emulator) -> None:
@@ -839,7 +854,9 @@ def test_checkpoint_round_trip_delivers_only_the_rest(shared_emulator: Emulator,
     emitted = shared_emulator.invocation(inv).emitted()
     assert delivered_shapes(head + rest) == expected_shapes(emitted)
     requests = event_requests(shared_emulator, inv)
-    assert since_of(requests[1]) == saved.since == head[-1].timestamp_raw  # type: ignore[union-attr]
+    timed = [e.timestamp_raw for e in head if isinstance(e, (LogEvent, ErrorEvent))]
+    assert saved.since == (timed[-1] if timed else None)
+    assert since_of(requests[1]) == resume_since(timed)
 
 
 def test_checkpoint_records_the_boundary(emulator: Emulator) -> None:
@@ -851,7 +868,9 @@ def test_checkpoint_records_the_boundary(emulator: Emulator) -> None:
     assert follower.checkpoint.since == at(20 * MS)
     assert len(head) == 4
     emitted = emulator.invocation(inv).emitted()
-    assert follower.checkpoint.seen == (emitted[2].data.decode("utf-8"), emitted[3].data.decode("utf-8"))
+    # Every log delivered within the reorder window is remembered, by fingerprint.
+    assert [stamp for stamp, _print in follower.checkpoint.seen] == [e.json()["timestamp"] for e in emitted[1:4]]
+    assert len({fingerprint for _stamp, fingerprint in follower.checkpoint.seen}) == 2  # "dup" twice
 
 
 def test_resume_from_a_finished_checkpoint_does_not_fail(emulator: Emulator) -> None:
@@ -993,7 +1012,7 @@ def test_a_stall_after_progress_is_a_stream_timeout(emulator: Emulator) -> None:
 def test_retry_after_seconds_is_honoured(emulator: Emulator) -> None:
     inv = new_id()
     emulator.add(simple(inv, attempts=[Fault(status=503, retry_after="1")]))
-    run = run_follow(emulator, inv)
+    run = run_follow(emulator, inv, retry_after_cap=5)
     assert run.error is None and run.logs == ["x"]
     assert run.retry_delays == [1.0]
     assert run.elapsed >= 0.9
@@ -1004,7 +1023,7 @@ def test_retry_after_http_date_is_honoured(emulator: Emulator) -> None:
     inv = new_id()
     when = email.utils.formatdate(time.time() + 30, usegmt=True)
     emulator.add(simple(inv, attempts=[Fault(status=429, retry_after=when)]))
-    run = run_follow(emulator, inv, deadline=0.5)  # the deadline keeps the test short
+    run = run_follow(emulator, inv, deadline=0.5, retry_after_cap=60)  # the deadline keeps the test short
     assert isinstance(run.error, DeadlineExceeded)
     assert len(run.retry_delays) == 1 and 28 <= run.retry_delays[0] <= 30
     assert len(emulator.requests) == 1
@@ -1036,7 +1055,7 @@ def test_heartbeats_keep_a_quiet_stream_alive(emulator: Emulator) -> None:
     run = run_follow(emulator, inv, idle_timeout=0.4, max_retries=0)
     assert run.error is None and run.logs == ["a", "b"]
     assert any(isinstance(e, HeartbeatEvent) for e in run.events)
-    assert len(emulator.requests) == 1
+    assert len(event_requests(emulator, inv)) == 1
 
 
 def test_connection_refused_is_connection_failed() -> None:
@@ -1079,7 +1098,7 @@ def test_deadline_bounds_a_slow_trickle(emulator: Emulator) -> None:
 def test_deadline_cuts_a_backoff_short(emulator: Emulator) -> None:
     inv = new_id()
     emulator.add(simple(inv, fault=Fault(status=503, retry_after="30")))
-    run = run_follow(emulator, inv, deadline=0.5)
+    run = run_follow(emulator, inv, deadline=0.5, retry_after_cap=60)
     assert isinstance(run.error, DeadlineExceeded), run.error
     assert 0.45 <= run.elapsed < 2.5
     assert len(emulator.requests) == 1
