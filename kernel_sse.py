@@ -1014,7 +1014,7 @@ class HTTPResponseReader:
         while not reader.done:
             data = await stream.read(65536)
             for event in reader.feed(data) if data else reader.feed_eof():
-                ...
+                handle(event)
 
     Framing follows RFC 9112 section 6.3: no body for a response to a
     ``HEAD`` request (``request_method``) or with status 204 or 304; else
@@ -1069,9 +1069,10 @@ class HTTPResponseReader:
         """True once :class:`EndOfMessage` has been returned."""
         return self._state == _DONE
 
-    def feed(self, data: bytes) -> List[HTTPEvent]:
+    def feed(self, data: Union[bytes, bytearray, memoryview]) -> List[HTTPEvent]:
         """Read ``data`` (the next bytes received) and return the events
-        they complete, in order.
+        they complete, in order.  A ``bytes`` object is sliced, never
+        copied whole; another buffer is copied once.
 
         An empty ``data`` is not the end of input: call :meth:`feed_eof`.
         Raises :class:`HTTPProtocolError`.
