@@ -1021,6 +1021,8 @@ class HTTPResponseReader:
     ``Transfer-Encoding: chunked`` (which wins over a ``Content-Length``
     sent with it, as the RFC says and ``http.client`` does); else
     ``Content-Length``; else the body runs until the connection closes.
+    A transfer coding other than chunked, and ``Transfer-Encoding`` in an
+    HTTP/1.0 response (faulty framing, RFC 9112 section 6.1), are errors.
     Interim 1xx responses (100 Continue, 103 Early Hints) are skipped; 101
     is an error, as this reader never asks to switch protocols.  LF alone
     ends lines as well as CRLF.
