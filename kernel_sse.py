@@ -90,6 +90,13 @@ __all__ = [
     "TERMINAL_STATUSES",
     "parse_event",
     "parse_timestamp",
+    # HTTP/1.1 response reader
+    "HTTPProtocolError",
+    "ResponseHead",
+    "BodyData",
+    "EndOfMessage",
+    "HTTPEvent",
+    "HTTPResponseReader",
     # follow state and loop
     "DEFAULT_BASE_URL",
     "REORDER_WINDOW",
@@ -968,6 +975,382 @@ _BUILDERS: Dict[str, Callable[[_Fields], KernelEvent]] = {
     "error": _error,
     "sse_heartbeat": _heartbeat,
 }
+
+
+# ======================================================================
+# HTTP/1.1 response reader (sans-I/O)
+# ======================================================================
+
+# What the asyncio driver reads a response with: bytes in, events out, no
+# socket and no clock, in the manner of h11.  It reads one response (RFC 9112)
+# and only what a client that never upgrades, never pipelines and never sends
+# ``TE`` can meet.
+
+
+class HTTPProtocolError(SSEProtocolError):
+    """The HTTP/1.1 response broke the message rules, went past a reader
+    limit, or the connection closed before the response was complete.
+
+    The connection cannot be trusted after it: close it.
+    """
+
+
+@dataclass(frozen=True)
+class ResponseHead:
+    """The status line and header section of the final (non-1xx) response.
+
+    ``headers`` holds every field in the order received: names as sent,
+    values without their surrounding spaces and tabs, decoded as ISO-8859-1
+    (as ``http.client`` does); obsolete line folding is already unfolded.
+    ``http_version`` is the status line's version, e.g. ``"1.1"``.
+    """
+
+    status: int
+    reason: str
+    headers: Tuple[Tuple[str, str], ...]
+    http_version: str = "1.1"
+
+    def header(self, name: str) -> Optional[str]:
+        """The value of the field ``name`` (in any case), or ``None``.
+
+        Repeated fields are joined with ``", "``, as RFC 9110 allows for
+        fields whose value is a list.  ``Set-Cookie`` is the known exception:
+        read each of its values from ``headers``.
+        """
+        name = name.lower()
+        values = [value for key, value in self.headers if key.lower() == name]
+        return ", ".join(values) if values else None
+
+
+@dataclass(frozen=True)
+class BodyData:
+    """Some bytes of the response body, as soon as they arrived.
+
+    How the body is cut into ``BodyData`` events says nothing: it follows
+    how the bytes were fed.  ``data`` is never empty.
+    """
+
+    data: bytes
+
+
+@dataclass(frozen=True)
+class EndOfMessage:
+    """The response is complete; ``trailers`` are the fields of a chunked
+    body's trailer section (decoded like ``ResponseHead.headers``)."""
+
+    trailers: Tuple[Tuple[str, str], ...] = ()
+
+
+HTTPEvent = Union[ResponseHead, BodyData, EndOfMessage]
+"""Any event ``HTTPResponseReader`` returns."""
+
+# Reader states.  The first five read a line at a time; the others take body
+# bytes as they come (or, once done, nothing).
+_STATUS, _HEADERS, _CHUNK_SIZE, _CHUNK_END, _TRAILERS = range(5)
+_BODY_LENGTH, _BODY_CLOSE, _CHUNK_DATA, _DONE = range(5, 9)
+
+_HTTP_STATUS_LINE = re.compile(rb"HTTP/1\.([0-9]) ([1-5][0-9][0-9])(?: ([\t\x20-\x7e\x80-\xff]*))?")
+_HTTP_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# Field values and reason phrases: visible ASCII, spaces, tabs and obs-text;
+# no control character (a bare CR, a NUL) and no DEL.
+_HTTP_FIELD_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
+_HTTP_HEX = re.compile(rb"[0-9A-Fa-f]+")
+_HTTP_DIGITS = re.compile(r"[0-9]+")
+# Enough for any length a body can have, few enough that converting the
+# digits can never be slow or fail.
+_HTTP_MAX_LENGTH_DIGITS = 18
+_HTTP_MAX_CHUNK_SIZE_DIGITS = 16
+
+
+def _http_excerpt(text: Union[bytes, str], limit: int = 40) -> str:
+    """A short, printable excerpt of ``text`` for an error message."""
+    return repr(text[:limit]) + ("..." if len(text) > limit else "")
+
+
+class HTTPResponseReader:
+    """Incremental, I/O-free reader of one HTTP/1.x response.
+
+    Feed it the bytes the connection delivers, split anywhere; it returns
+    events: one :class:`ResponseHead`, then :class:`BodyData` as body bytes
+    arrive (never held back to fill a buffer), then one
+    :class:`EndOfMessage`, after which ``done`` is true.  When the peer
+    closes the connection call :meth:`feed_eof`: it ends a body delimited by
+    the close and raises if the response was incomplete.  A driver::
+
+        reader = HTTPResponseReader()
+        while not reader.done:
+            data = await stream.read(65536)
+            for event in reader.feed(data) if data else reader.feed_eof():
+                handle(event)
+
+    Framing follows RFC 9112 section 6.3: no body for a response to a
+    ``HEAD`` request (``request_method``) or with status 204 or 304; else
+    ``Transfer-Encoding: chunked`` (which wins over a ``Content-Length``
+    sent with it, as the RFC says and ``http.client`` does); else
+    ``Content-Length``; else the body runs until the connection closes.
+    A transfer coding other than chunked, and ``Transfer-Encoding`` in an
+    HTTP/1.0 response (faulty framing, RFC 9112 section 6.1), are errors.
+    Interim 1xx responses (100 Continue, 103 Early Hints) are skipped; 101
+    is an error, as this reader never asks to switch protocols.  LF alone
+    ends lines as well as CRLF.
+
+    Memory stays bounded: ``max_line`` caps one status, header, chunk-size
+    or trailer line (its line end not counted); ``max_headers`` the fields of
+    the header section, and again of the trailer section; ``max_header_bytes``
+    the bytes before the body (interim responses included), and again the
+    trailer section's.  Past a limit, or on any breach of the protocol,
+    :class:`HTTPProtocolError` is raised (the events of that same call are
+    lost with it); the reader then raises it again on every call.
+
+    Bytes after the end of the response are not read: ``trailing_bytes``
+    counts them (a driver closes the connection once ``done``).
+    """
+
+    def __init__(
+        self,
+        request_method: str = "GET",
+        *,
+        max_line: int = 16 * 1024,
+        max_headers: int = 100,
+        max_header_bytes: int = 64 * 1024,
+    ) -> None:
+        self.request_method = request_method
+        self.max_line = max_line
+        self.max_headers = max_headers
+        self.max_header_bytes = max_header_bytes
+        self.head: Optional[ResponseHead] = None
+        """The final response's head, once read."""
+        self.trailing_bytes = 0
+        """How many bytes arrived after the end of the response (unread)."""
+        self._state = _STATUS
+        self._buf = bytearray()  # the start of an unfinished line, nothing else
+        self._remaining = 0  # bytes left of the Content-Length or of the chunk
+        self._fields: List[List[str]] = []  # the header or trailer section so far
+        self._section_bytes = 0
+        self._status = 0
+        self._reason = ""
+        self._version = ""
+        self._eof = False
+        self._failure: Optional[str] = None
+
+    @property
+    def done(self) -> bool:
+        """True once :class:`EndOfMessage` has been returned."""
+        return self._state == _DONE
+
+    def feed(self, data: Union[bytes, bytearray, memoryview]) -> List[HTTPEvent]:
+        """Read ``data`` (the next bytes received) and return the events
+        they complete, in order.  A ``bytes`` object is sliced, never
+        copied whole; another buffer is copied once.
+
+        An empty ``data`` is not the end of input: call :meth:`feed_eof`.
+        Raises :class:`HTTPProtocolError`.
+        """
+        if self._failure is not None:
+            raise HTTPProtocolError(self._failure)
+        events: List[HTTPEvent] = []
+        if not data:
+            return events
+        if self._eof:
+            raise RuntimeError("feed() after feed_eof(): the connection had already closed")
+        if type(data) is not bytes:
+            data = bytes(data)  # body slices must be bytes, and immutable
+        self._parse(data, events)
+        return events
+
+    def feed_eof(self) -> List[HTTPEvent]:
+        """Note that the peer closed the connection; return the last events.
+
+        Ends a body that runs until the close (``[EndOfMessage()]``); returns
+        ``[]`` when the response was already complete; raises
+        :class:`HTTPProtocolError` when it was not.
+        """
+        if self._failure is not None:
+            raise HTTPProtocolError(self._failure)
+        self._eof = True
+        events: List[HTTPEvent] = []
+        state = self._state
+        if state == _BODY_CLOSE:
+            self._end(events, [])
+        elif state == _STATUS and not self._buf:
+            self._fail("the connection closed before the response's status line arrived")
+        elif state <= _HEADERS:
+            self._fail("the connection closed in the middle of the response head")
+        elif state == _BODY_LENGTH:
+            self._fail(f"the connection closed {self._remaining} bytes before the end of the body (Content-Length)")
+        elif state != _DONE:
+            self._fail("the connection closed in the middle of the chunked body")
+        return events
+
+    def _fail(self, message: str) -> NoReturn:
+        self._failure = message
+        raise HTTPProtocolError(message)
+
+    def _parse(self, data: bytes, events: List[HTTPEvent]) -> None:
+        pos, end = 0, len(data)
+        while pos < end:
+            state = self._state
+            if state == _DONE:
+                self.trailing_bytes += end - pos
+                return
+            if state == _BODY_CLOSE:
+                events.append(BodyData(data[pos:]))  # data itself when pos is 0
+                return
+            if state >= _BODY_LENGTH:  # Content-Length or chunk data
+                take = min(self._remaining, end - pos)
+                events.append(BodyData(data[pos : pos + take]))
+                pos += take
+                self._remaining -= take
+                if not self._remaining:
+                    if state == _BODY_LENGTH:
+                        self._end(events, [])
+                    else:
+                        self._state = _CHUNK_END
+                continue
+            # A line state.  Only the start of an unfinished line is ever
+            # buffered, and the search for its end stops where the line would
+            # be too long: a line without end costs no more than the limit.
+            limit = 0 if state == _CHUNK_END else self.max_line
+            buffered = len(self._buf)
+            lf = data.find(b"\n", pos, pos + limit + 2 - buffered)  # room for a CR
+            if lf < 0:
+                if buffered + end - pos > limit + 1:
+                    self._too_long()
+                self._buf += data[pos:]
+                return
+            line = data[pos:lf]
+            if buffered:
+                line = bytes(self._buf) + line
+                self._buf.clear()
+            size = len(line) + 1
+            if line[-1:] == b"\r":
+                line = line[:-1]
+            if len(line) > limit:
+                self._too_long()
+            pos = lf + 1
+            self._line(line, size, events)
+
+    def _too_long(self) -> NoReturn:
+        what = {
+            _STATUS: "the status line",
+            _HEADERS: "a header line",
+            _CHUNK_SIZE: "a chunk-size line",
+            _TRAILERS: "a trailer line",
+        }.get(self._state)
+        if what is None:  # _CHUNK_END, whose line must be empty
+            self._fail("a chunk's data is not followed by CRLF (the chunk is longer than its size says)")
+        self._fail(f"{what} is longer than max_line ({self.max_line} bytes)")
+
+    def _line(self, line: bytes, size: int, events: List[HTTPEvent]) -> None:
+        """Act on one complete line (without its line end) of ``size`` bytes."""
+        state = self._state
+        if state == _CHUNK_END:  # the empty line after a chunk's data
+            self._state = _CHUNK_SIZE
+            return
+        if state == _CHUNK_SIZE:
+            self._chunk_size(line)
+            return
+        section = "trailer" if state == _TRAILERS else "header"
+        self._section_bytes += size
+        if self._section_bytes > self.max_header_bytes:
+            what = "the trailer section" if state == _TRAILERS else "the response head"
+            self._fail(f"{what} is larger than max_header_bytes ({self.max_header_bytes} bytes)")
+        if state == _STATUS:
+            self._status_line(line)
+        elif line:
+            self._field_line(line, section)
+        elif state == _HEADERS:
+            self._end_of_head(events)
+        else:
+            self._end(events, self._fields)
+
+    def _status_line(self, line: bytes) -> None:
+        match = _HTTP_STATUS_LINE.fullmatch(line)
+        if match is None:
+            self._fail(f"not an HTTP/1.x status line: {_http_excerpt(line)}")
+        self._version = "1." + match.group(1).decode("ascii")
+        self._status = int(match.group(2))
+        self._reason = (match.group(3) or b"").decode("latin-1")
+        self._fields = []
+        self._state = _HEADERS
+
+    def _field_line(self, line: bytes, section: str) -> None:
+        if line[0] in b" \t":
+            # Obsolete line folding: RFC 9112 section 5.2 has a user agent
+            # replace it with a space, so the value goes on the last field.
+            if not self._fields:
+                self._fail(f"a folded line before the first {section} field: {_http_excerpt(line)}")
+            last = self._fields[-1]
+            last[1] = (last[1] + " " + self._field_value(line, line, section)).strip(" \t")
+            return
+        name, colon, value = line.partition(b":")
+        if not colon or _HTTP_TOKEN.fullmatch(name) is None:
+            self._fail(f"not a valid {section} field line: {_http_excerpt(line)}")
+        if len(self._fields) >= self.max_headers:
+            self._fail(f"more than max_headers ({self.max_headers}) {section} fields")
+        self._fields.append([name.decode("ascii"), self._field_value(value, line, section)])
+
+    def _field_value(self, value: bytes, line: bytes, section: str) -> str:
+        value = value.strip(b" \t")
+        if _HTTP_FIELD_VALUE.fullmatch(value) is None:
+            self._fail(f"a control character in a {section} field value: {_http_excerpt(line)}")
+        return value.decode("latin-1")
+
+    def _end_of_head(self, events: List[HTTPEvent]) -> None:
+        head = ResponseHead(self._status, self._reason, tuple((n, v) for n, v in self._fields), self._version)
+        if head.status < 200:
+            if head.status == 101:
+                self._fail("the server switched protocols (101), which this reader never asks for")
+            self._state = _STATUS  # an interim response: the final one follows
+            return
+        self.head = head
+        events.append(head)
+        self._fields = []  # from now on, the trailer section
+        self._section_bytes = 0
+        if self.request_method == "HEAD" or head.status in (204, 304):
+            self._end(events, [])
+            return
+        coding = head.header("transfer-encoding")
+        if coding is not None:
+            # Only chunked: a client that sends no TE header cannot get
+            # another coding, and a length would not survive one anyway.
+            if head.http_version == "1.0":
+                self._fail("an HTTP/1.0 response with Transfer-Encoding (its framing cannot be trusted)")
+            codings = [c.strip(" \t").lower() for c in coding.split(",")]
+            if [c for c in codings if c] != ["chunked"]:
+                self._fail(f"unsupported Transfer-Encoding: {_http_excerpt(coding)} (only chunked is)")
+            self._state = _CHUNK_SIZE
+            return
+        length_field = head.header("content-length")
+        if length_field is None:
+            self._state = _BODY_CLOSE
+            return
+        values = [value.strip(" \t") for value in length_field.split(",")]  # repeats were joined
+        for value in values:
+            if _HTTP_DIGITS.fullmatch(value) is None:
+                self._fail(f"not a valid Content-Length: {_http_excerpt(length_field)}")
+            if len(value) > _HTTP_MAX_LENGTH_DIGITS:
+                self._fail(f"Content-Length too large: {_http_excerpt(value)}")
+        if len({int(value) for value in values}) > 1:
+            self._fail(f"conflicting Content-Length values: {_http_excerpt(length_field)}")
+        self._remaining = int(values[0])
+        if self._remaining:
+            self._state = _BODY_LENGTH
+        else:
+            self._end(events, [])
+
+    def _chunk_size(self, line: bytes) -> None:
+        size = line.split(b";", 1)[0].rstrip(b" \t")  # extensions are ignored
+        if _HTTP_HEX.fullmatch(size) is None:
+            self._fail(f"not a valid chunk-size line: {_http_excerpt(line)}")
+        if len(size) > _HTTP_MAX_CHUNK_SIZE_DIGITS:
+            self._fail(f"chunk size too large: {_http_excerpt(size)}")
+        self._remaining = int(size, 16)
+        self._state = _CHUNK_DATA if self._remaining else _TRAILERS
+
+    def _end(self, events: List[HTTPEvent], trailers: List[List[str]]) -> None:
+        events.append(EndOfMessage(tuple((n, v) for n, v in trailers)))
+        self._state = _DONE
 
 
 # ======================================================================
