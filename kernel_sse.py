@@ -28,6 +28,7 @@ from typing import (
     Any,
     Callable,
     ClassVar,
+    ContextManager,
     Iterator,
     NoReturn,
     Dict,
@@ -106,6 +107,7 @@ __all__ = [
     "follow",
     # output
     "format_time",
+    "visible",
     "format_text",
     "format_json",
     "format_result",
@@ -942,7 +944,15 @@ def _load_json(data: str) -> object:
     except ValueError as exc:
         raise MalformedEvent(f"invalid JSON: {exc}", data) from None
     except RecursionError:
-        raise MalformedEvent("JSON nested too deeply", data) from None
+        # Legal JSON, only deeper than this call stack allows: try once with room.
+        limit = sys.getrecursionlimit()
+        sys.setrecursionlimit(limit + 20000)
+        try:
+            return json.loads(data)
+        except (ValueError, RecursionError):
+            raise MalformedEvent("JSON nested too deeply", data) from None
+        finally:
+            sys.setrecursionlimit(limit)
 
 
 def _log(fields: _Fields) -> LogEvent:
@@ -1483,11 +1493,11 @@ class FollowState:
       and call :meth:`check_time` then.
 
     Once-only delivery: a reconnect asks for ``since`` = the newest log or
-    error timestamp delivered (as sent) and drops from the replay exactly the
-    events it delivered before (by fingerprint, as many copies as were
-    delivered, for every event up to :data:`REORDER_WINDOW` seconds older
-    than that), so an event stamped a little earlier than the newest one, if
-    never delivered, is delivered when the server sends it.  Invocation states
+    error timestamp delivered, less :data:`REORDER_WINDOW` seconds, and drops
+    from the replay exactly the events it delivered before (by fingerprint,
+    as many copies as were delivered), so an event stamped a little earlier
+    than the newest one (application clocks, buffering), if never delivered,
+    is delivered now; nothing is repeated.  Invocation states
     do not move the resume point (a server may stamp its snapshot with the
     time of the connect): one is delivered when its content differs from the
     last state delivered.  Oversized, malformed and unknown events follow
@@ -1556,6 +1566,7 @@ class FollowState:
         self._skip: Dict[str, int] = {}
         self._skip_before: Optional[Tuple[datetime, int]] = None
         self._states: List[str] = []
+        self._undo: Optional[Tuple[str, str, Optional[Tuple[datetime, int]], Optional[str]]] = None
         if checkpoint is not None:
             self._restore(checkpoint)
 
@@ -1592,12 +1603,13 @@ class FollowState:
         self._parser = SSEParser(self.max_event_bytes)
         self._skip = dict(self._window)
         since = self._resume_since()
-        # A replay may carry events from before ``since`` (servers differ, clocks
-        # disagree): within the reorder window the fingerprints decide; older
-        # ones were delivered before, or are too late to tell.
+        # Within the window the fingerprints decide; an event from before
+        # ``since`` (a server that ignores it) was delivered before, or is too
+        # late to tell.
         self._skip_before = None
-        if self._latest is not None:
-            self._skip_before = (self._latest[0] - _timedelta(self.reorder_window), self._latest[1])
+        if since is not None and self._latest is not None:
+            with contextlib.suppress(ValueError):
+                self._skip_before = _time_key(parse_timestamp(since), since)
         return since
 
     def receive(self, data: bytes, now: float) -> Iterator[KernelEvent]:
@@ -1678,6 +1690,11 @@ class FollowState:
         return delay
 
     @property
+    def failures(self) -> int:
+        """Failed attempts in a row (reset by an attempt that delivers something)."""
+        return self._failures
+
+    @property
     def checkpoint(self) -> Checkpoint:
         """Where the follow stands: resume from here with nothing lost or repeated."""
         self._prune()
@@ -1724,6 +1741,7 @@ class FollowState:
             return False
         self.invocation = event.invocation
         self._states = (self._states + [print_])[-64:]  # an invocation has a handful of states
+        self._undo = ("state", print_, self._latest, self._latest_raw)
         self._progressed = True
         return True
 
@@ -1756,7 +1774,31 @@ class FollowState:
         # such an event lies before the window: delivered before, or too late to tell.
         return key is not None and self._skip_before is not None and key < self._skip_before
 
+    def undeliver_last(self) -> None:
+        """The last event handed over did not reach its consumer (a hook was
+        interrupted): forget it, so a resume from :attr:`checkpoint` delivers
+        it again rather than lose it."""
+        undo, self._undo = self._undo, None
+        if undo is None:
+            return
+        kind, print_, latest, latest_raw = undo
+        if kind == "state":
+            if print_ in self._states:
+                self._states.remove(print_)
+            return
+        count = self._window.get(print_, 0)
+        if count > 1:
+            self._window[print_] = count - 1
+        else:
+            self._window.pop(print_, None)
+        for index in range(len(self._window_order) - 1, -1, -1):
+            if self._window_order[index][2] == print_:
+                del self._window_order[index]
+                break
+        self._latest, self._latest_raw = latest, latest_raw
+
     def _remember(self, key: Tuple[datetime, int], raw: str, print_: str) -> None:
+        self._undo = ("event", print_, self._latest, self._latest_raw)
         self._progressed = True
         self._window[print_] = self._window.get(print_, 0) + 1
         self._window_order.append((key, raw, print_))
@@ -1785,13 +1827,19 @@ class FollowState:
         self._window = window
 
     def _resume_since(self) -> Optional[str]:
-        """The ``since`` of the next request: the newest log or error
-        timestamp delivered, as sent (or the caller's ``since`` before any)."""
-        if self._latest is None or self._latest_raw is None:
+        """The ``since`` of the next request: the reorder window before the
+        newest log or error delivered, so that a server filtering by
+        timestamp sends again whatever arrived late (the fingerprints drop
+        what was delivered), never earlier than the caller's ``since``."""
+        if self._latest is None:
             return self._floor_raw or self._user_since
-        candidates = [(self._latest[0], self._latest_raw)]
+        start = self._latest[0] - _timedelta(self.reorder_window)
+        candidates = [(start, _format_since(start))]
         if self._floor is not None and self._floor_raw is not None:
             candidates.append((self._floor[0], self._floor_raw))
+        user = self._user_since_time()
+        if user is not None and self._user_since is not None:
+            candidates.append((user, self._user_since))
         return max(candidates, key=lambda item: item[0])[1]
 
     def _user_since_time(self) -> Optional[datetime]:
@@ -2535,41 +2583,94 @@ def follow(
 
 
 def format_time(timestamp: datetime) -> str:
-    """A timestamp as a short, sortable UTC string with milliseconds."""
-    utc = timestamp.astimezone(timezone.utc)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+    """A timestamp as a short, sortable UTC string with milliseconds.
+
+    A time so near year 1 or 9999 that UTC falls outside the calendar is
+    shown in its own offset instead of failing.
+    """
+    try:
+        moment = timestamp.astimezone(timezone.utc)
+        zone = "Z"
+    except (OverflowError, ValueError):
+        moment = timestamp
+        offset = timestamp.utcoffset()
+        minutes = int(offset.total_seconds() // 60) if offset is not None else 0
+        zone = "%s%02d:%02d" % ("-" if minutes < 0 else "+", abs(minutes) // 60, abs(minutes) % 60)
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%03d%s" % (
+        moment.year, moment.month, moment.day, moment.hour, moment.minute, moment.second,
+        moment.microsecond // 1000, zone,
+    )
+
+
+# Remote text that must not reach a terminal raw: C0 controls but tab and
+# newline, DEL, C1 controls (an ESC sequence can rewrite the screen or the
+# clipboard), and lone surrogates (legal in JSON, unprintable in UTF-8).
+_INVISIBLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def visible(text: str) -> str:
+    """``text`` with control characters (tab and newline aside) and lone
+    surrogates shown as escapes (``\\x1b``, ``\\ud800``), safe for a terminal."""
+    if _INVISIBLE.search(text) is None:
+        return text
+    return _INVISIBLE.sub(lambda match: match.group().encode("unicode_escape", "backslashreplace").decode("ascii"), text)
 
 
 def format_text(event: KernelEvent) -> Optional[str]:
     """Render an event as one human-readable line (None for heartbeats).
 
-    The line has no colour; plugins add it.  Log messages are printed as the
-    application wrote them.
+    The line has no colour; plugins add it.  Remote text is passed through
+    :func:`visible`, so no escape sequence from a log line reaches a terminal.
     """
     if isinstance(event, LogEvent):
-        return f"{format_time(event.timestamp)} {event.message}"
+        return f"{format_time(event.timestamp)} {visible(event.message)}"
     if isinstance(event, InvocationStateEvent):
         invocation = event.invocation
-        reason = f": {invocation.status_reason}" if invocation.status_reason else ""
-        return f"{format_time(event.timestamp)} [{invocation.status}]{reason}"
+        reason = f": {visible(invocation.status_reason)}" if invocation.status_reason else ""
+        return f"{format_time(event.timestamp)} [{visible(invocation.status)}]{reason}"
     if isinstance(event, ErrorEvent):
-        return f"{format_time(event.timestamp)} [error] {event.error.code}: {event.error.message}"
+        return f"{format_time(event.timestamp)} [error] {visible(event.error.code)}: {visible(event.error.message)}"
     if isinstance(event, UnknownEvent):
-        return f"[{event.event}] {json.dumps(event.raw, ensure_ascii=False, sort_keys=True)}"
+        return visible(f"[{event.event}] {_dumps(event.raw, ensure_ascii=False, sort_keys=True)}")
     return None
 
 
 def format_json(event: KernelEvent) -> str:
-    """Render an event as one JSON line: the object the API sent, values as sent."""
-    return json.dumps(event.raw, ensure_ascii=False, separators=(",", ":"))
+    """Render an event as one JSON line: the object the API sent, values as sent.
+
+    Characters UTF-8 cannot carry (lone surrogates) are written as ``\\u``
+    escapes, so the line is always valid UTF-8 and the value exact.
+    """
+    line = _dumps(event.raw, ensure_ascii=False, separators=(",", ":"))
+    if _SURROGATE.search(line) is not None:
+        line = _dumps(event.raw, ensure_ascii=True, separators=(",", ":"))
+    return line
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _dumps(obj: object, **options: Any) -> str:
+    """json.dumps, also for JSON nested as deep as the parser accepted."""
+    try:
+        return json.dumps(obj, **options)
+    except RecursionError:
+        limit = sys.getrecursionlimit()
+        sys.setrecursionlimit(limit + 20000)
+        try:
+            return json.dumps(obj, **options)
+        finally:
+            sys.setrecursionlimit(limit)
 
 
 def format_result(invocation: Invocation, elapsed: Optional[float] = None) -> str:
     """Describe a finished invocation: status, reason, duration and output."""
     lines = [
-        f"invocation {invocation.id} ({invocation.app_name} {invocation.action_name} "
-        f"v{invocation.version}) {invocation.status}"
-        + (f": {invocation.status_reason}" if invocation.status_reason else "")
+        visible(
+            f"invocation {invocation.id} ({invocation.app_name} {invocation.action_name} "
+            f"v{invocation.version}) {invocation.status}"
+            + (f": {invocation.status_reason}" if invocation.status_reason else "")
+        )
     ]
     if invocation.finished_at is not None:
         took = (invocation.finished_at - invocation.started_at).total_seconds()
@@ -2581,7 +2682,7 @@ def format_result(invocation: Invocation, elapsed: Optional[float] = None) -> st
             output = json.dumps(json.loads(invocation.output), indent=2, ensure_ascii=False)
         except (ValueError, RecursionError):
             output = invocation.output
-        lines.append("output: " + output)
+        lines.append("output: " + visible(output))
     return "\n".join(lines)
 
 
@@ -2594,7 +2695,7 @@ def print_line(line: str, json_of: Optional[KernelEvent] = None) -> None:
         print(line, flush=True)
     except UnicodeEncodeError:
         if json_of is not None:
-            print(json.dumps(json_of.raw, separators=(",", ":")), flush=True)
+            print(_dumps(json_of.raw, separators=(",", ":")), flush=True)
         else:
             encoding = getattr(sys.stdout, "encoding", None) or "ascii"
             print(line.encode(encoding, "backslashreplace").decode(encoding), flush=True)
@@ -2604,19 +2705,6 @@ def print_line(line: str, json_of: Optional[KernelEvent] = None) -> None:
 # Hooks
 # ======================================================================
 
-HOOK_NAMES = (
-    "add_arguments",
-    "on_start",
-    "on_log",
-    "on_state",
-    "on_error",
-    "on_heartbeat",
-    "on_unknown",
-    "on_reconnect",
-    "on_terminal",
-    "on_finish",
-)
-"""Every hook a plugin can implement, in the order they first fire."""
 
 
 @dataclass(frozen=True)
@@ -2753,6 +2841,10 @@ class HookSpecs:
         """The follow is over, however it ended (also without a terminal state)."""
 
 
+HOOK_NAMES: Tuple[str, ...] = tuple(name for name in vars(HookSpecs) if name.startswith(("on_", "add_")))
+"""Every hook a plugin can implement, in the order they first fire (from :class:`HookSpecs`)."""
+
+
 def _import_pluggy() -> Any:
     """Import pluggy, or explain how to get it."""
     try:
@@ -2808,6 +2900,11 @@ class _Impl(NamedTuple):
     argnames: Tuple[str, ...]
 
 
+class _OutOfTime(KeyboardInterrupt):
+    """Internal: the deadline passed while a plugin hook ran (raised by the
+    command line's alarm, only inside a hook call); ends the follow like Ctrl-C."""
+
+
 class Hooks:
     """Calls plugin hooks one implementation at a time, so a failing plugin
     neither stops the follow nor keeps the others from the event.
@@ -2820,17 +2917,27 @@ class Hooks:
         self._impls = impls
         self.strict = strict
         self.trace = trace
+        # What bounds each call in time (the command line's deadline); by default nothing.
+        self.bound: Callable[[int], ContextManager[None]] = lambda calls_left: contextlib.nullcontext()
         # A count, not the exceptions: their tracebacks would keep every
         # failing call's events alive for the whole follow.
         self.failures = 0
         self._reported: set[Tuple[str, str]] = set()
 
     def _call(self, hook: str, **kwargs: object) -> None:
-        for impl in self._impls.get(hook, ()):
+        impls = self._impls.get(hook, ())
+        for index, impl in enumerate(impls):
             if self.trace:
                 print(f"kernel-sse trace: {impl.plugin}.{hook}({', '.join(impl.argnames)})", file=sys.stderr)
             try:
-                impl.function(*[kwargs[name] for name in impl.argnames])
+                with self.bound(len(impls) - index):
+                    impl.function(*[kwargs[name] for name in impl.argnames])
+            except _OutOfTime:
+                if hook != "on_finish":
+                    raise  # the deadline passed inside a plugin: the follow ends
+                self.failures += 1
+                print(f"kernel-sse: plugin '{impl.plugin}' did not finish {hook} in time; stopped it",
+                      file=sys.stderr)
             except (BrokenPipeError, KeyboardInterrupt, UsageError):
                 # The reader of standard output is gone (nobody to print for),
                 # the user or a signal stops the run, or a plugin refuses its
@@ -2843,7 +2950,7 @@ class Hooks:
                 if (impl.plugin, hook) not in self._reported:
                     self._reported.add((impl.plugin, hook))
                     print(
-                        f"kernel-sse: plugin {impl.plugin!r} failed in {hook}: {_describe(exc)}",
+                        _redact(f"kernel-sse: plugin '{impl.plugin}' failed in {hook}: {_describe(exc)}"),
                         file=sys.stderr,
                     )
 
@@ -2903,18 +3010,21 @@ class PluginSet:
         self._manager.add_hookspecs(_hookspecs_class())
         self.sources: Dict[str, str] = {}
         self.versions: Dict[str, str] = {}
+        self.blocked: List[str] = []
 
     def register(self, plugin: object, name: str, source: str, version: Optional[str] = None) -> None:
         """Register one plugin object (usually a module) under ``name``."""
         if self._manager.is_blocked(name) or self._manager.has_plugin(name):
             return
+        _check_hook_names(plugin, name, source)
         try:
             self._manager.register(plugin, name=name)
             self._manager.check_pending()
         except Exception as exc:  # pluggy's validation errors name the bad hook
             if self._manager.is_registered(plugin):
                 self._manager.unregister(plugin)
-            raise PluginError(f"plugin {name!r} ({source}) is not valid: {exc}") from None
+            reason = re.sub(r" in (hook)?impl(ementation)? .*| in plugin <.*", "", str(exc))
+            raise PluginError(f"plugin '{name}' ({source}) is not valid: {reason}") from None
         for caller in self._manager.get_hookcallers(plugin) or ():
             for impl in caller.get_hookimpls():
                 if impl.plugin is plugin and (impl.hookwrapper or getattr(impl, "wrapper", False)):
@@ -2930,6 +3040,12 @@ class PluginSet:
     def block(self, name: str) -> None:
         """Block a plugin by name (``-p no:NAME``), bundled ones included."""
         self._manager.set_blocked(name)
+        self.blocked.append(name)
+
+    def unknown_blocked(self) -> List[str]:
+        """Names blocked with ``no:`` that no plugin has (a typo, most likely)."""
+        known = set(BUNDLED_PLUGINS) | {entry.name for entry in _entry_points("kernel_sse")} | set(self.sources)
+        return [name for name in self.blocked if name not in known]
 
     def load(self, spec: str, source: str) -> None:
         """Load a plugin from a module name or a path to a ``.py`` file."""
@@ -2986,6 +3102,19 @@ class PluginSet:
             ordered = found if hook == "add_arguments" else list(reversed(found))
             impls[hook] = [_Impl(impl.plugin_name, impl.function, tuple(impl.argnames)) for impl in ordered]
         return Hooks(impls, strict=strict, trace=trace)
+
+
+def _check_hook_names(plugin: object, name: str, source: str) -> None:
+    """Refuse a hook implementation whose name is not a hook, naming the closest one."""
+    import difflib
+
+    for attribute in dir(plugin):
+        function = getattr(plugin, attribute, None)
+        if getattr(function, "kernel_sse_impl", None) is None or attribute in HOOK_NAMES:
+            continue
+        close = difflib.get_close_matches(attribute, HOOK_NAMES, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else "the hooks are " + ", ".join(HOOK_NAMES)
+        raise PluginError(f"plugin '{name}' ({source}) is not valid: '{attribute}' is not a kernel-sse hook; {hint}")
 
 
 _SPECS_MARKED: List[type] = []
@@ -3046,19 +3175,141 @@ EXIT_USAGE = 2
 EXIT_REFUSED = 3
 EXIT_GAVE_UP = 4
 EXIT_PLUGIN_ERROR = 5
+EXIT_NOT_FINISHED = 6
+EXIT_REMEMBERED_SUCCEEDED = 10
+EXIT_REMEMBERED_FAILED = 11
 EXIT_INTERNAL = 70
 EXIT_LOCKED = 75
+EXIT_SIGHUP = 129
 EXIT_SIGINT = 130
 EXIT_SIGPIPE = 141
 EXIT_SIGTERM = 143
 
-_DURATION = re.compile(r"(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|\u00b5s|ms|s|m|h)(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|\u00b5s|ms|s|m|h))*\Z")
+EXIT_CODES: Tuple[Tuple[int, str], ...] = (
+    (EXIT_SUCCEEDED, "the invocation succeeded"),
+    (EXIT_FAILED, "the invocation failed"),
+    (EXIT_USAGE, "usage or configuration error (bad option, no API key, bad state file)"),
+    (EXIT_REFUSED, "the API refused and retrying cannot help (400, 401, 403, 404)"),
+    (EXIT_GAVE_UP, "gave up: retries exhausted, idle too often, or the deadline passed"),
+    (EXIT_PLUGIN_ERROR, "a plugin failed (the invocation itself succeeded)"),
+    (EXIT_NOT_FINISHED, "status: the invocation is queued or running"),
+    (EXIT_REMEMBERED_SUCCEEDED, "the state file says it already succeeded (reported by an earlier run)"),
+    (EXIT_REMEMBERED_FAILED, "the state file says it already failed (reported by an earlier run)"),
+    (EXIT_INTERNAL, "internal error (a bug; state saved first)"),
+    (EXIT_LOCKED, "another run holds the state file's lock"),
+    (EXIT_SIGHUP, "hung up (SIGHUP; state saved first)"),
+    (EXIT_SIGINT, "interrupted (SIGINT, Ctrl-C; state saved first)"),
+    (EXIT_SIGPIPE, "the reader of standard output went away (state saved first)"),
+    (EXIT_SIGTERM, "terminated (SIGTERM; state saved first)"),
+)
+"""Every exit status of the command line and its meaning (``--help`` and the README list these)."""
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|\u00b5s|ms|s|m|h|d)")
 _STATE_KIND = "kernel-sse-state"
 _SAVE_EVERY = 1.0  # seconds between state-file writes while following
+_FINISH_GRACE = 0.8  # seconds the plugins' on_finish may take once the deadline has passed
 
 
 class _Signalled(KeyboardInterrupt):
     """Internal: SIGTERM or SIGHUP arrived; unwinds the follow like Ctrl-C."""
+
+    def __init__(self, exit_code: int, name: str) -> None:
+        super().__init__(name)
+        self.exit_code = exit_code
+        self.name = name
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    import signal
+
+    if signum == getattr(signal, "SIGHUP", None):
+        raise _Signalled(EXIT_SIGHUP, "SIGHUP")
+    raise _Signalled(EXIT_SIGTERM, "SIGTERM")
+
+
+class _HookTimer:
+    """The command line's hard stop at ``--deadline`` for what the follower
+    cannot bound by itself: plugin hooks (a hook that sleeps or blocks).
+
+    One SIGALRM timer, armed for the deadline; its handler raises only while
+    a hook runs (:meth:`bound`), so the follow's own bookkeeping is never
+    interrupted half-way (the follower's watchdog bounds the network).
+    Outside a hook it just looks again a moment later.  Once the deadline
+    has passed, ``on_finish`` gets :data:`_FINISH_GRACE` seconds in all,
+    shared among the plugins still to run.  Works in the main thread only
+    (elsewhere hooks are not bounded).
+    """
+
+    def __init__(self, deadline_at: Optional[float]) -> None:
+        import signal
+        import threading
+
+        self.deadline_at = deadline_at
+        self._until: Optional[float] = deadline_at
+        self._inside = 0
+        self._active = (
+            deadline_at is not None
+            and hasattr(signal, "setitimer")
+            and threading.current_thread() is threading.main_thread()
+        )
+        self._previous: Any = None
+
+    def __enter__(self) -> _HookTimer:
+        import signal
+
+        if self._active:
+            self._previous = signal.signal(signal.SIGALRM, self._alarm)
+            self._arm()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        import signal
+
+        if self._active:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self._previous)
+
+    def finishing(self) -> None:
+        """The follow is over: from now on hooks share the finishing grace."""
+        if self.deadline_at is not None and time.monotonic() >= self.deadline_at:
+            self._until = time.monotonic() + _FINISH_GRACE
+        else:
+            self._until = None if self.deadline_at is None else self.deadline_at + _FINISH_GRACE
+
+    @contextlib.contextmanager
+    def bound(self, calls_left: int) -> Iterator[None]:
+        """Run one hook call, interrupted (:class:`_OutOfTime`) at its time limit."""
+        if not self._active or self._until is None:
+            yield
+            return
+        import signal
+
+        now = time.monotonic()
+        limit = self._until
+        if self.deadline_at is not None and now >= self.deadline_at:
+            limit = now + max(0.0, self._until - now) / max(1, calls_left)  # a fair share of the grace
+        if now >= limit:
+            raise _OutOfTime()
+        self._inside += 1
+        signal.setitimer(signal.ITIMER_REAL, max(0.001, limit - now))
+        try:
+            yield
+        finally:
+            self._inside -= 1
+            self._arm()
+
+    def _arm(self) -> None:
+        import signal
+
+        if self._until is not None:
+            signal.setitimer(signal.ITIMER_REAL, max(0.001, self._until - time.monotonic()))
+
+    def _alarm(self, signum: int, frame: object) -> None:
+        import signal
+
+        if self._inside:
+            raise _OutOfTime()
+        signal.setitimer(signal.ITIMER_REAL, 0.05)  # not in a hook: look again soon
 
 
 class _BuiltinOutput:
@@ -3104,15 +3355,45 @@ class _BuiltinOutput:
             print_line(format_result(invocation, context.elapsed))
 
 
+def _seconds(flag: str) -> Callable[[str], float]:
+    """An argparse type: a finite number of seconds > 0 (nan and inf refused)."""
+    import argparse
+    import math
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value <= 0:
+            raise argparse.ArgumentTypeError(f"{flag} {text!r} is not a number of seconds greater than 0 (e.g. 90)")
+        return value
+
+    return parse
+
+
+def _count(flag: str) -> Callable[[str], int]:
+    """An argparse type: a whole number, 0 or more."""
+    import argparse
+
+    def parse(text: str) -> int:
+        if not (text.isascii() and text.isdigit()):
+            raise argparse.ArgumentTypeError(f"{flag} {text!r} is not a whole number, 0 or more (e.g. 10)")
+        return int(text)
+
+    return parse
+
+
 def _add_follow_options(parser: argparse.ArgumentParser) -> None:
-    """The options ``follow`` and ``demo`` share."""
+    """The options every following command shares."""
     parser.add_argument("--format", choices=("text", "jsonl"), default="text",
                         help="text lines, or one JSON object per event (default: text)")
-    parser.add_argument("--idle-timeout", type=float, default=90.0, metavar="SECONDS",
+    parser.add_argument("--idle-timeout", type=_seconds("--idle-timeout"), default=90.0, metavar="SECONDS",
                         help="seconds without any event (heartbeats count) before reconnecting (default: 90)")
-    parser.add_argument("--deadline", type=float, default=None, metavar="SECONDS",
-                        help="give up (exit 4) if the invocation has not finished after this many seconds (default: none)")
-    parser.add_argument("--max-retries", type=int, default=10, metavar="N",
+    parser.add_argument("--deadline", type=_seconds("--deadline"), default=None, metavar="SECONDS",
+                        help="give up (exit 4) if the invocation has not finished after this many seconds, "
+                        "whatever blocks (default: none)")
+    parser.add_argument("--max-retries", type=_count("--max-retries"), default=10, metavar="N",
                         help="after a failed attempt, at most N more in a row (default: 10)")
     parser.add_argument("--state-file", metavar="PATH",
                         help="resume from and save progress to PATH, so repeated runs print each line once")
@@ -3125,35 +3406,66 @@ def _add_follow_options(parser: argparse.ArgumentParser) -> None:
                         help="connection diagnostics on stderr, and tracebacks for errors")
 
 
+def _add_api_options(parser: argparse.ArgumentParser) -> None:
+    """Where the API is and how to authenticate."""
+    parser.add_argument("--base-url", default=None,
+                        help=f"API base URL (default: $KERNEL_BASE_URL or {DEFAULT_BASE_URL})")
+    parser.add_argument("--api-key-file", metavar="PATH",
+                        help="read the API key from PATH (default: $KERNEL_API_KEY)")
+    parser.add_argument("--allow-insecure-http", action="store_true",
+                        help="allow a plain http:// base URL that is not this machine (the key travels unencrypted: "
+                        "only inside a trusted network)")
+
+
+def _epilog() -> str:
+    return "exit status:\n" + "\n".join(f"  {code:>3}  {meaning}" for code, meaning in EXIT_CODES)
+
+
 def _build_parser() -> Tuple[argparse.ArgumentParser, List[argparse.ArgumentParser]]:
     """The command-line parser, and the subparsers plugins may extend."""
     import argparse
 
+    formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
         prog="kernel-sse",
         description="Follow a Kernel invocation's live event stream.",
-        epilog="exit status: 0 succeeded, 1 failed, 2 usage, 3 refused by the API, 4 gave up, "
-        "5 plugin error, 70 internal error (a bug), 75 state file locked, 130/143 interrupted",
+        epilog=_epilog(),
+        formatter_class=formatter,
     )
     parser.add_argument("--version", action="version", version=f"kernel-sse {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    follow_parser = commands.add_parser("follow", help="follow an invocation until it finishes")
+    follow_parser = commands.add_parser(
+        "follow", help="follow an invocation until it finishes", epilog=_epilog(), formatter_class=formatter
+    )
     follow_parser.add_argument("invocation_id", metavar="INVOCATION_ID")
-    follow_parser.add_argument("--base-url", default=None,
-                               help=f"API base URL (default: $KERNEL_BASE_URL or {DEFAULT_BASE_URL})")
-    follow_parser.add_argument("--api-key-file", metavar="PATH",
-                               help="read the API key from PATH (default: $KERNEL_API_KEY)")
+    _add_api_options(follow_parser)
     follow_parser.add_argument("--since", default=None,
-                               help="start at this RFC 3339 time or this long ago (e.g. 5m, 1h30m)")
+                               help="start at this RFC 3339 time (with a zone: ...Z or +01:00) or this long ago "
+                               "(5m, 1h30m, 2d)")
     _add_follow_options(follow_parser)
-    demo_parser = commands.add_parser("demo", help="follow a demo invocation on a local emulator (offline)")
-    demo_parser.add_argument("--speed", type=float, default=1.0, help="run the ~10 s demo this many times faster")
+    demo_parser = commands.add_parser(
+        "demo", help="follow a demo invocation on a local emulator (offline)", formatter_class=formatter
+    )
+    demo_parser.add_argument("--speed", type=_seconds("--speed"), default=1.0,
+                             help="run the ~10 s demo this many times faster")
     _add_follow_options(demo_parser)
     plugins_parser = commands.add_parser("plugins", help="list the loaded plugins")
     plugins_parser.add_argument("--json", action="store_true", help="as a JSON list")
     plugins_parser.add_argument("-p", dest="plugins", action="append", default=[], metavar="PLUGIN",
                                 help="also load this plugin; -p no:NAME blocks one")
     return parser, [follow_parser, demo_parser]
+
+
+def _parse_args(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    """Parse, so that a bad option after a command shows that command's usage."""
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        command = getattr(args, "command", None)
+        choices = next(
+            (action.choices for action in parser._actions if isinstance(action.choices, dict)), {}
+        )  # the subparsers' map: argparse keeps no public handle on it
+        (choices.get(command) or parser).error("unrecognized arguments: " + " ".join(extras))
+    return args
 
 
 def _requested_plugins(argv: Sequence[str]) -> List[str]:
@@ -3189,6 +3501,8 @@ def _load_plugins(argv: Sequence[str]) -> Optional[PluginSet]:
     for spec in requested:
         if not spec.startswith("no:"):
             plugins.load(spec, "-p")
+    for name in plugins.unknown_blocked():
+        _say(f"warning: -p no:{name} blocks no plugin (there is none by that name; see 'kernel-sse plugins')")
     return plugins
 
 
@@ -3224,113 +3538,198 @@ def _marked(output: _BuiltinOutput) -> _BuiltinOutput:
     return output
 
 
+def _say(message: str) -> None:
+    """One diagnostic line on stderr, secrets redacted."""
+    print(f"kernel-sse: {visible(_redact(message))}", file=sys.stderr, flush=True)
+
+
+def _cli_terms(args: argparse.Namespace) -> Dict[str, str]:
+    """How errors name settings on the command line (see :func:`describe_error`)."""
+    terms = dict(PYTHON_TERMS)
+    terms.update({
+        "api_key": "--api-key-file" if getattr(args, "api_key_file", None) else "KERNEL_API_KEY (or --api-key-file PATH)",
+        "base_url": "--base-url" if getattr(args, "base_url", None) else "KERNEL_BASE_URL (or --base-url)",
+        "allow_insecure_http": "--allow-insecure-http",
+        "checkpoint": "state file (--state-file PATH)",
+        "deadline": "--deadline",
+        "idle_timeout": "--idle-timeout",
+        "max_retries": "--max-retries",
+        "since": "--since",
+        "max_event_bytes": "max_event_bytes (Python API only)",
+        "payload": "--payload",
+        "version": "--version",
+    })
+    return terms
+
+
 def _read_api_key(args: argparse.Namespace) -> str:
     """The API key from --api-key-file or KERNEL_API_KEY."""
     if args.api_key_file:
         try:
             with open(args.api_key_file, encoding="utf-8") as handle:
-                key = handle.read().strip()
-        except OSError as exc:
-            raise UsageError(f"cannot read the API key file {args.api_key_file!r}: {exc.strerror}") from None
+                key = handle.read(65536).strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
+            raise UsageError(f"cannot read the API key file '{args.api_key_file}' (--api-key-file): {reason}") from None
         if not key:
-            raise UsageError(f"the API key file {args.api_key_file!r} is empty")
+            raise UsageError(f"the API key file '{args.api_key_file}' (--api-key-file) is empty; put the key in it")
+        _register_secret(key)
         return key
     key = os.environ.get("KERNEL_API_KEY", "").strip()
     if not key:
-        raise UsageError("no API key: set KERNEL_API_KEY (or pass --api-key-file PATH)")
+        raise UsageError("no API key: set KERNEL_API_KEY, or pass --api-key-file PATH")
+    _register_secret(key)
     return key
 
 
-def _check_since(value: Optional[str]) -> None:
-    """Refuse a --since the API would reject, before any request."""
+def _since(value: Optional[str]) -> Optional[str]:
+    """A --since the API accepts (durations in its form), or a UsageError saying
+    what is wrong, before any request."""
     if value is None:
-        return
-    if _DURATION.match(value):
-        return
+        return None
+    text = value.strip().replace(" ", "").lower()
+    if text and _DURATION_PART.sub("", text) == "":
+        # Days are ours: the API takes hours (Go durations), so 2d is sent as 48h.
+        parts = _DURATION_PART.findall(text)
+        return "".join(f"{float(number) * 24:g}h" if unit == "d" else number + unit for number, unit in parts)
     try:
         parse_timestamp(value)
+        return value
     except ValueError:
+        pass
+    try:
+        naive = datetime.fromisoformat(value.strip())
+    except ValueError:
+        naive = None
+    if naive is not None and naive.tzinfo is None:
         raise UsageError(
-            f"--since {value!r} is neither an RFC 3339 time (2025-06-20T12:00:00Z) nor a duration (5m, 1h30m)"
-        ) from None
+            f"--since '{value}' has no time zone: add Z for UTC ({naive.isoformat()}Z) or an offset (+01:00)"
+        )
+    raise UsageError(
+        f"--since '{value}' is neither an RFC 3339 time (2025-06-20T12:00:00Z) nor a duration "
+        "(30s, 5m, 1h30m, 2d; units s, m, h, d)"
+    )
 
 
 class _StateFile:
-    """The ``--state-file``: a locked, atomically written JSON checkpoint."""
+    """The ``--state-file``: a locked, atomically written JSON checkpoint.
+
+    No file is opened through a symbolic link, and only regular files are
+    used (a FIFO or a device would block or lose the state): both are
+    refused with a usage error before anything else happens.
+    """
 
     def __init__(self, path: str, invocation_id: str) -> None:
         self.path = path
         self.invocation_id = invocation_id
-        self._lock_handle: Optional[Any] = None
+        self._lock_fd: Optional[int] = None
         self.finished_status: Optional[str] = None
+        self.recorded_at: Optional[str] = None
+
+    def _problem(self, path: str, exc: OSError, doing: str) -> UsageError:
+        import errno
+
+        folder = os.path.dirname(os.path.abspath(path))
+        if exc.errno == errno.ENOENT and not os.path.isdir(folder):
+            return UsageError(f"cannot {doing} the state file '{self.path}': the folder '{folder}' does not exist; "
+                              "create it or choose another --state-file")
+        if exc.errno == errno.ELOOP:
+            return UsageError(f"cannot {doing} the state file '{self.path}': '{path}' is a symbolic link, which "
+                              "kernel-sse does not follow; use the real path or remove the link")
+        return UsageError(f"cannot {doing} the state file '{self.path}': {exc.strerror}; "
+                          "choose another --state-file")
+
+    def _open(self, path: str, flags: int, doing: str) -> int:
+        """Open a regular file without following a link and without blocking."""
+        import stat
+
+        flags |= os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(path, flags, 0o600)
+        except OSError as exc:
+            raise self._problem(path, exc, doing) from None
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            raise UsageError(f"the state file '{self.path}' is not a regular file ('{path}' is a "
+                             f"{_file_kind(mode)}); choose a file path for --state-file")
+        return fd
 
     def lock(self) -> None:
         """Take the exclusive lock, or raise _Locked."""
         import fcntl
 
+        fd = self._open(self.path + ".lock", os.O_RDWR | os.O_CREAT, "lock")
         try:
-            handle = open(self.path + ".lock", "a+")
-        except OSError as exc:
-            raise UsageError(f"cannot use the state file {self.path!r}: {exc.strerror}") from None
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            handle.close()
-            raise _Locked(f"another run holds the lock on {self.path!r}; try again later") from None
-        self._lock_handle = handle
+            os.close(fd)
+            raise _Locked(f"another run holds the lock on the state file '{self.path}'; try again later") from None
+        self._lock_fd = fd
 
     def unlock(self) -> None:
         """Release the lock."""
-        if self._lock_handle is not None:
-            self._lock_handle.close()
-            self._lock_handle = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def load(self) -> Optional[Checkpoint]:
         """The saved checkpoint, None for a new file; UsageError if corrupt or foreign."""
+        import errno
+
         try:
-            with open(self.path, "rb") as handle:
-                data = handle.read()
-        except FileNotFoundError:
-            return None
+            fd = self._open(self.path, os.O_RDONLY, "read")
+        except UsageError:
+            try:
+                os.lstat(self.path)
+            except FileNotFoundError:
+                if os.path.isdir(os.path.dirname(os.path.abspath(self.path))):
+                    return None
+            raise
+        try:
+            with os.fdopen(fd, "rb") as handle:
+                data = handle.read(64 * 1024 * 1024)
         except OSError as exc:
-            raise UsageError(f"cannot read the state file {self.path!r}: {exc.strerror}") from None
+            raise UsageError(f"cannot read the state file '{self.path}': {exc.strerror}") from None
+        del errno
         try:
             obj = json.loads(data.decode("utf-8"))
             if not isinstance(obj, dict) or obj.get("kind") != _STATE_KIND:
                 raise ValueError("not a kernel-sse state file")
             if obj.get("invocation_id") != self.invocation_id:
                 raise UsageError(
-                    f"the state file {self.path!r} belongs to invocation {obj.get('invocation_id')!r}, "
-                    f"not {self.invocation_id!r}: use another --state-file"
+                    f"the state file '{self.path}' belongs to invocation {obj.get('invocation_id')!r}, "
+                    f"not '{self.invocation_id}': use another --state-file"
                 )
             finished = obj.get("finished_status")
             if finished is not None and finished not in TERMINAL_STATUSES:
                 raise ValueError("bad finished_status")
+            recorded = obj.get("recorded_at")
             self.finished_status = finished
+            self.recorded_at = recorded if isinstance(recorded, str) else None
             return Checkpoint.from_json(obj.get("checkpoint"))
         except (ValueError, RecursionError) as exc:
             raise UsageError(
-                f"the state file {self.path!r} is corrupt or not kernel-sse's ({exc}); "
-                "move it away to start over"
+                f"the state file '{self.path}' is corrupt or not kernel-sse's ({exc}); move it away to start over"
             ) from None
 
     def save(self, checkpoint: Checkpoint, finished_status: Optional[str]) -> None:
-        """Write atomically: temp file, fsync, rename; mode 0600."""
-        import contextlib
+        """Write atomically: a new temp file (never through a link), fsync, rename, fsync the folder."""
         import tempfile
 
         obj = {
             "kind": _STATE_KIND,
-            "version": 1,
+            "version": 2,
             "invocation_id": self.invocation_id,
             "checkpoint": checkpoint.to_json(),
             "finished_status": finished_status,
+            "recorded_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if finished_status else None,
         }
         directory = os.path.dirname(os.path.abspath(self.path))
         try:
-            fd, temp = tempfile.mkstemp(prefix=".kernel-sse-", dir=directory)
+            fd, temp = tempfile.mkstemp(prefix=".kernel-sse-", dir=directory)  # O_EXCL: no link is followed
         except OSError as exc:
-            raise UsageError(f"cannot write the state file {self.path!r}: {exc.strerror}") from None
+            raise self._problem(self.path, exc, "write") from None
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 json.dump(obj, handle)
@@ -3338,14 +3737,30 @@ class _StateFile:
                 os.fsync(handle.fileno())
             os.chmod(temp, 0o600)
             os.replace(temp, self.path)
+            with contextlib.suppress(OSError):
+                folder = os.open(directory, os.O_RDONLY)
+                try:
+                    os.fsync(folder)
+                finally:
+                    os.close(folder)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(temp)
-            raise UsageError(f"cannot write the state file {self.path!r}: {exc.strerror}") from None
+            raise UsageError(f"cannot write the state file '{self.path}': {exc.strerror}") from None
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(temp)
             raise
+
+
+def _file_kind(mode: int) -> str:
+    import stat
+
+    for test, name in ((stat.S_ISDIR, "folder"), (stat.S_ISFIFO, "named pipe (FIFO)"), (stat.S_ISCHR, "device"),
+                       (stat.S_ISBLK, "device"), (stat.S_ISSOCK, "socket")):
+        if test(mode):
+            return name
+    return "special file"
 
 
 class _Locked(KernelSSEError):
@@ -3356,90 +3771,156 @@ def _exit_for_status(status: str) -> int:
     return EXIT_SUCCEEDED if status == "succeeded" else EXIT_FAILED
 
 
-def _run_follow(args: argparse.Namespace, hooks: Hooks, api_key: str, base_url: Optional[str]) -> int:
+class _Run:
+    """One command-line run: its options, the clock its --deadline counts from, its messages."""
+
+    def __init__(self, args: argparse.Namespace, started: float) -> None:
+        self.args = args
+        self.started = started
+        self.terms = _cli_terms(args)
+
+    def deadline_left(self) -> Optional[float]:
+        """Seconds of --deadline left (counted from the start of the program)."""
+        if self.args.deadline is None:
+            return None
+        return max(0.001, float(self.args.deadline) - (time.monotonic() - self.started))
+
+    def deadline_at(self) -> Optional[float]:
+        return None if self.args.deadline is None else self.started + float(self.args.deadline)
+
+    def message(self, error: BaseException) -> str:
+        """An error's message in command-line terms."""
+        return describe_error(error, self.terms)
+
+
+def _run_follow(run: _Run, hooks: Hooks, api_key: str, base_url: Optional[str]) -> int:
     """Follow one invocation through the hooks; return the exit status."""
+    args = run.args
     state = _StateFile(args.state_file, args.invocation_id) if args.state_file else None
     if state is not None:
         state.lock()
     try:
         checkpoint = state.load() if state is not None else None
         if state is not None and state.finished_status is not None:
-            return _exit_for_status(state.finished_status)  # delivered in an earlier run
+            # Reported by an earlier run: say so once, and do not alert again.
+            when = f" at {state.recorded_at}" if state.recorded_at else ""
+            _say(f"invocation {args.invocation_id} already {state.finished_status} (recorded{when} in "
+                 f"'{state.path}'); nothing new to report")
+            return EXIT_REMEMBERED_SUCCEEDED if state.finished_status == "succeeded" else EXIT_REMEMBERED_FAILED
         follower = Follower(
             args.invocation_id,
             api_key=api_key,
             base_url=base_url,
-            since=getattr(args, "since", None),
+            since=_since(getattr(args, "since", None)),
             checkpoint=checkpoint,
             idle_timeout=args.idle_timeout,
-            deadline=args.deadline,
+            deadline=run.deadline_left(),
             max_retries=args.max_retries,
+            allow_insecure_http=bool(getattr(args, "allow_insecure_http", False)),
         )
-        return _drive(follower, args, hooks, state)
+        return _drive(run, follower, hooks, state)
     finally:
         if state is not None:
             state.unlock()
 
 
-def _drive(follower: Follower, args: argparse.Namespace, hooks: Hooks, state: Optional[_StateFile]) -> int:
-    """Run the follow, call the hooks, save state, and decide the exit status."""
+def _drive(run: _Run, follower: Follower, hooks: Hooks, state: Optional[_StateFile]) -> int:
+    """Run the follow, call the hooks, save state, and decide the exit status.
+
+    Every ending goes through the same tail: the state is saved, then
+    ``on_finish`` runs, then the message is printed (after the plugins, so
+    a live status line is cleared first).
+    """
+    import traceback
+
+    args = run.args
     context = FollowContext(follower, vars(args))
+    announced: List[bool] = []
 
     def on_retry(attempt: int, delay: float, reason: str) -> None:
         hooks.on_reconnect(attempt, delay, reason, context)  # first: the console clears its status line
         if args.verbose:
-            print(f"kernel-sse: {reason}; attempt {attempt} in {delay:.2f}s", file=sys.stderr)
+            _say(f"{reason}; attempt {attempt} in {delay:.2f}s")
+        elif follower.state.failures and not announced:
+            announced.append(True)
+            until = (f"until the deadline ({args.deadline:g}s)" if args.deadline is not None
+                     else f"up to {args.max_retries} times in a row")
+            _say(f"{reason}; retrying {until} (-v shows each attempt)")
 
     follower.on_retry = on_retry
     saved_at = time.monotonic()
     outcome: Outcome
-    try:
-        hooks.on_start(context)
-        for event in follower:
-            hooks.on_event(event, context)
-            if state is not None and time.monotonic() - saved_at >= _SAVE_EVERY:
-                state.save(follower.checkpoint, None)
-                saved_at = time.monotonic()
-        invocation = follower.invocation
-        assert invocation is not None and invocation.is_terminal
-        if state is not None:
-            state.save(follower.checkpoint, invocation.status)
-        hooks.on_terminal(invocation, context)
-        outcome = Outcome(invocation.status, _exit_for_status(invocation.status), invocation)
-    except APIStatusError as exc:
-        outcome = Outcome("refused", EXIT_REFUSED, follower.invocation, str(exc))
-    except DeadlineExceeded as exc:
-        outcome = Outcome("deadline", EXIT_GAVE_UP, follower.invocation, str(exc))
-    except (ConnectionFailed, StreamTimeout) as exc:
-        outcome = Outcome("gave_up", EXIT_GAVE_UP, follower.invocation, str(exc))
-    except PluginFailed as exc:
-        outcome = Outcome("plugin_error", EXIT_PLUGIN_ERROR, follower.invocation, str(exc))
-    except UsageError as exc:  # the state file could not be written
-        outcome = Outcome("usage_error", EXIT_USAGE, follower.invocation, str(exc))
-    except BrokenPipeError:
-        # Like `yes | head`: stop quietly, and keep Python from complaining
-        # about the closed pipe again at exit.
-        with contextlib.suppress(OSError, ValueError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        outcome = Outcome("interrupted", EXIT_SIGPIPE, follower.invocation, None)
-    except _Signalled:
-        outcome = Outcome("interrupted", EXIT_SIGTERM, follower.invocation, "terminated (SIGTERM)")
-    except KeyboardInterrupt:
-        outcome = Outcome("interrupted", EXIT_SIGINT, follower.invocation, "interrupted (SIGINT)")
-    finally:
-        follower.close()
-    if state is not None and outcome.status not in TERMINAL_STATUSES and outcome.status != "usage_error":
+    failure: Optional[BaseException] = None
+    with _HookTimer(run.deadline_at()) as timer:
+        hooks.bound = timer.bound
         try:
-            state.save(follower.checkpoint, None)
-        except UsageError as exc:
-            outcome = Outcome("usage_error", EXIT_USAGE, follower.invocation, str(exc))
+            hooks.on_start(context)
+            for event in follower:
+                try:
+                    hooks.on_event(event, context)
+                except BaseException:
+                    # Interrupted while plugins had it: let a resume hand it over again.
+                    follower.state.undeliver_last()
+                    raise
+                if state is not None and time.monotonic() - saved_at >= _SAVE_EVERY:
+                    state.save(follower.checkpoint, None)
+                    saved_at = time.monotonic()
+            invocation = follower.invocation
+            assert invocation is not None and invocation.is_terminal
+            if state is not None:
+                state.save(follower.checkpoint, invocation.status)
+            hooks.on_terminal(invocation, context)
+            outcome = Outcome(invocation.status, _exit_for_status(invocation.status), invocation)
+        except APIStatusError as exc:
+            failure, outcome = exc, Outcome("refused", EXIT_REFUSED, follower.invocation, run.message(exc))
+        except (DeadlineExceeded, _OutOfTime) as exc:
+            failure = exc
+            if isinstance(exc, _OutOfTime):
+                exc = DeadlineExceeded(f"the deadline of {args.deadline:g}s passed (inside a plugin hook) before "
+                                       "the invocation finished", fix="raise {deadline}, or resume later from the {checkpoint}")
+            outcome = Outcome("deadline", EXIT_GAVE_UP, follower.invocation, run.message(exc))
+        except (ConnectionFailed, StreamTimeout) as exc:
+            failure, outcome = exc, Outcome("gave_up", EXIT_GAVE_UP, follower.invocation, run.message(exc))
+        except PluginFailed as exc:
+            failure, outcome = exc, Outcome("plugin_error", EXIT_PLUGIN_ERROR, follower.invocation, run.message(exc))
+        except UsageError as exc:  # a plugin refused its options, or the state file could not be written
+            failure, outcome = exc, Outcome("usage_error", EXIT_USAGE, follower.invocation, run.message(exc))
+        except BrokenPipeError:
+            # Like `yes | head`: stop quietly, and keep Python from complaining
+            # about the closed pipe again at exit.
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            outcome = Outcome("interrupted", EXIT_SIGPIPE, follower.invocation, None)
+        except _Signalled as exc:
+            outcome = Outcome("interrupted", exc.exit_code, follower.invocation, f"stopped by {exc.name}")
+        except KeyboardInterrupt:
+            outcome = Outcome("interrupted", EXIT_SIGINT, follower.invocation, "interrupted (SIGINT)")
+        except Exception as exc:  # a bug: report it, but save the state and run on_finish first
+            failure = exc
+            outcome = Outcome("internal_error", EXIT_INTERNAL, follower.invocation,
+                              f"internal error ({_describe(exc)}); please report it with the traceback above")
+            traceback.print_exc()
+        finally:
+            follower.close()
+        if state is not None and outcome.status not in TERMINAL_STATUSES:
+            try:
+                state.save(follower.checkpoint, None)
+            except UsageError as exc:
+                outcome = Outcome("usage_error", EXIT_USAGE, follower.invocation, run.message(exc))
+            except KeyboardInterrupt:
+                pass  # a second signal while saving: the previous file is still whole
+        timer.finishing()
+        try:
+            hooks.on_finish(outcome, context)
+        except PluginFailed as exc:
+            _say(run.message(exc))
+            return EXIT_PLUGIN_ERROR
+        except KeyboardInterrupt:
+            pass  # the user insists: the state is saved, stop here
+    if failure is not None and args.verbose and outcome.exit_code != EXIT_INTERNAL:
+        traceback.print_exception(type(failure), failure, failure.__traceback__)
     if outcome.message is not None:
-        print(f"kernel-sse: {outcome.message}", file=sys.stderr)
-    try:
-        hooks.on_finish(outcome, context)
-    except PluginFailed as exc:
-        print(f"kernel-sse: {exc}", file=sys.stderr)
-        return EXIT_PLUGIN_ERROR
+        _say(outcome.message)
     if outcome.exit_code == EXIT_SUCCEEDED and hooks.failures:
         return EXIT_PLUGIN_ERROR
     return outcome.exit_code
@@ -3459,23 +3940,20 @@ def _list_plugins(plugins: Optional[PluginSet], as_json: bool) -> int:
     return EXIT_SUCCEEDED
 
 
-def _run_demo(args: argparse.Namespace, hooks: Hooks) -> int:
+def _run_demo(run: _Run, hooks: Hooks) -> int:
     """``kernel-sse demo``: follow the emulator's demo invocation, offline."""
     try:
         import kernel_sse_emulator as emulator_module
     except ImportError:
         raise UsageError("the demo needs kernel_sse_emulator.py next to kernel_sse.py (pip install kernel-sse)") from None
     api_key = os.urandom(16).hex()  # a throwaway key: the emulator is local
-    script = emulator_module.demo_script(speed=args.speed)
+    script = emulator_module.demo_script(speed=run.args.speed)
     with emulator_module.running_emulator(
-        script, api_key=api_key, heartbeat_interval=emulator_module.DEFAULT_HEARTBEAT_INTERVAL / args.speed
+        script, api_key=api_key, heartbeat_interval=emulator_module.DEFAULT_HEARTBEAT_INTERVAL / run.args.speed
     ) as emulator:
-        args.invocation_id = script.id
-        return _run_follow(args, hooks, api_key, emulator.url)
-
-
-def _on_sigterm(signum: int, frame: object) -> None:
-    raise _Signalled()
+        run.args.invocation_id = script.id
+        run.args.base_url = emulator.url
+        return _run_follow(run, hooks, api_key, emulator.url)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -3485,8 +3963,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = any(arg == "--verbose" or re.fullmatch(r"-[qv]*v[qv]*", arg) for arg in argv)  # -v, -qv
-    # From the start: a SIGTERM while plugins load is exit 143 too, not death by the signal.
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    # From the start: a SIGTERM or SIGHUP while plugins load is an exit status too, not death by the signal.
+    handled = [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    previous = {signum: signal.signal(signum, _on_signal) for signum in handled}
+    args: Optional[argparse.Namespace] = None
     try:
         plugins = _load_plugins(argv)
         parser, extensible = _build_parser()
@@ -3494,7 +3974,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             for subparser in extensible:
                 plugins.hooks(strict=True).add_arguments(subparser)
         try:
-            args = parser.parse_args(argv)
+            args = _parse_args(parser, argv)
         except SystemExit as exc:
             return EXIT_SUCCEEDED if exc.code == 0 else EXIT_USAGE
         if args.command is None:
@@ -3502,32 +3982,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return EXIT_USAGE
         if args.command == "plugins":
             return _list_plugins(plugins, args.json)
-        if args.max_retries < 0 or args.idle_timeout <= 0 or (args.deadline is not None and args.deadline <= 0):
-            raise UsageError("--max-retries must be >= 0, --idle-timeout and --deadline > 0")
+        run = _Run(args, time.monotonic())  # --deadline counts from here, before any file is opened
         hooks = _hooks_for(plugins, args)
         if args.command == "demo":
-            return _run_demo(args, hooks)
-        _check_since(args.since)
-        return _run_follow(args, hooks, _read_api_key(args), args.base_url)
+            return _run_demo(run, hooks)
+        _since(args.since)
+        return _run_follow(run, hooks, _read_api_key(args), args.base_url)
     except _Locked as exc:
-        print(f"kernel-sse: {exc}", file=sys.stderr)
+        _say(str(exc))
         return EXIT_LOCKED
     except (UsageError, ConfigurationError, PluginError, PluginFailed) as exc:
         if verbose:
             traceback.print_exc()
-        print(f"kernel-sse: {exc}", file=sys.stderr)
+        _say(describe_error(exc, _cli_terms(args) if args is not None else PYTHON_TERMS))
         return EXIT_USAGE
-    except _Signalled:
-        return EXIT_SIGTERM
+    except _Signalled as exc:
+        return exc.exit_code
     except KeyboardInterrupt:
         return EXIT_SIGINT
     except Exception:  # a bug: say so, and never pass for "the invocation failed" (1)
         traceback.print_exc()
-        print(f"kernel-sse {__version__}: internal error; please report it with the traceback above",
-              file=sys.stderr)
+        _say(f"{__version__}: internal error; please report it with the traceback above")
         return EXIT_INTERNAL
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":

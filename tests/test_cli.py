@@ -626,7 +626,7 @@ def test_exit_75_state_file_locked_by_another_run(cli: Cli) -> None:
     assert "done" in done.out
     # The lock went with the first run: the next run gets it, and has nothing new to print.
     third = cli.follow("inv", "--state-file", state)
-    assert third.code == 0 and third.out == ""
+    assert third.code == 10 and third.out == ""  # remembered, not reported again
 
 
 @needs_pluggy
@@ -771,7 +771,7 @@ def test_cron_loop_prints_each_line_exactly_once(cli: Cli) -> None:
     runs.append(cli.follow("inv", *args))
     runs.append(cli.follow("inv", *args))
 
-    assert [run.code for run in runs] == [4, 4, 4, 4, 1, 1, 1]
+    assert [run.code for run in runs] == [4, 4, 4, 4, 1, 11, 11]  # then only remembered: no second alert
     texts = [run.out for run in runs]
     assert "line one" in texts[0] and texts[0].count("twin line") == 1
     assert texts[1] == ""
@@ -787,8 +787,9 @@ def test_cron_loop_prints_each_line_exactly_once(cli: Cli) -> None:
     for run in runs[:4]:
         check_short_error(run)
         assert "deadline" in run.err
-    for run in runs[4:]:
-        assert run.err == ""
+    assert runs[4].err == ""
+    for run in runs[5:]:
+        assert "already failed" in run.err and run.err.count("\n") == 1
     # Resumes asked for what came since the last delivered event.
     resumed = [r.query.get("since") for r in cli.emulator.requests if r.path.split("?")[0].endswith("/events")]
     assert resumed[0] is None and all(since is not None for since in resumed[1:])
@@ -800,7 +801,10 @@ def test_state_file_after_success(cli: Cli) -> None:
     first = cli.follow("inv", "--state-file", state)
     assert first.code == 0 and "third line" in first.out
     again = cli.follow("inv", "--state-file", state)
-    assert again.code == 0 and again.out == "" and again.err == ""
+    # Remembered: its own exit status, and one line saying what, when and from where.
+    assert again.code == 10 and again.out == ""
+    assert again.err.count("\n") == 1 and "already succeeded" in again.err and state in again.err
+    assert re.search(r"recorded at \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", again.err)
     assert len(cli.emulator.requests) == 1
 
 
@@ -1114,10 +1118,12 @@ def test_api_key_never_appears(cli: Cli) -> None:
     runs = [
         cli.follow("inv", "-v"),
         cli.follow("inv", "-v", "--format", "jsonl"),
-        cli.follow("inv", "-v", env=cli.env(key=WRONG_KEY)),
-        cli.follow("inv", "-v", "--api-key-file", str(key_file), env=cli.env(key=None)),
+        # -v shows tracebacks for errors (still without the key).
+        cli.follow("inv", "-v", env=cli.env(key=WRONG_KEY), traceback_ok=True),
+        cli.follow("inv", "-v", "--api-key-file", str(key_file), env=cli.env(key=None), traceback_ok=True),
         cli.follow("inv", "-v", env=cli.env(key=cli.key + "\x7fbad"), traceback_ok=True),
-        cli.run(["follow", "inv", "-v", "--base-url", f"http://127.0.0.1:{closed_port()}", "--max-retries", "0"]),
+        cli.run(["follow", "inv", "-v", "--base-url", f"http://127.0.0.1:{closed_port()}", "--max-retries", "0"],
+                traceback_ok=True),
     ]
     assert [run.code for run in runs] == [0, 0, 3, 3, 2, 4]
 
@@ -1173,7 +1179,7 @@ def test_lone_copy_with_only_the_standard_library(cli: Cli, python: str) -> None
     state = str(box / "inv.state")
     assert cli.run(cli.follow_args("inv", "--state-file", state), env, command=command, cwd=str(box)).code == 0
     again = cli.run(cli.follow_args("inv", "--state-file", state), env, command=command, cwd=str(box))
-    assert again.code == 0 and again.out == ""
+    assert again.code == 10 and again.out == ""
 
     listing = cli.run(["plugins", "--json"], env, command=command, cwd=str(box))
     assert listing.code == 0 and json.loads(listing.out) == []

@@ -34,6 +34,7 @@ import time
 import traceback
 import urllib.parse
 from dataclasses import dataclass, field
+from datetime import timedelta, timezone
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Type, Union
 
@@ -43,6 +44,7 @@ from hypothesis import strategies as st
 
 import kernel_sse
 from kernel_sse import (
+    REORDER_WINDOW,
     parse_timestamp,
     APIStatusError,
     AuthenticationError,
@@ -215,11 +217,14 @@ def run_follow(emu: Emulator, invocation_id: str, **options: object) -> Run:
 
 
 def resume_since(delivered: Sequence[str]) -> Optional[str]:
-    """The ``since`` a resume must carry: the newest log or error timestamp
-    delivered, as sent (states do not move it); None before any."""
+    """The ``since`` a resume must carry: the reorder window before the
+    newest log or error timestamp delivered (states do not move it), in UTC
+    with microseconds; None before any."""
     if not delivered:
         return None
-    return max(delivered, key=lambda raw: (parse_timestamp(raw), raw))
+    newest = max(parse_timestamp(raw) for raw in delivered)
+    start = newest - timedelta(seconds=REORDER_WINDOW)
+    return start.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def event_requests(emu: Emulator, invocation_id: str) -> List[RequestRecord]:
@@ -990,8 +995,9 @@ def test_progress_resets_the_failure_count(emulator: Emulator) -> None:
     inv = new_id()
     steps: List[Step] = [Log("l%d" % n) for n in range(6)]
     steps.append(State("succeeded"))
-    # The first attempt delivers l0; each later one replays the boundary, delivers one new log, drops.
-    attempts = [Fault(drop_after=1)] + [Fault(drop_after=2, reset=n % 2 == 0) for n in range(5)]
+    # The first attempt delivers l0; each later one replays the reorder window (every log
+    # so far: they share a second), delivers one new log, and drops.
+    attempts = [Fault(drop_after=1)] + [Fault(drop_after=n + 2, reset=n % 2 == 0) for n in range(5)]
     emulator.add(Script(inv, steps, start=START, attempts=attempts))
     run = run_follow(emulator, inv, max_retries=0)
     assert_exactly_once(emulator, inv, run)
@@ -1336,7 +1342,8 @@ def test_a_protocol_error_is_a_drop(garbage: bytes) -> None:
     events = [item for kind, item in got if kind == "event"]
     assert [e.message for e in events if isinstance(e, LogEvent)] == ["over close"]
     assert len(requests) == 2
-    assert requests[1] == b"GET /invocations/inv/events?since=2025-06-20T12%3A00%3A00.000000001Z HTTP/1.1"
+    since = urllib.parse.quote(str(resume_since(["2025-06-20T12:00:00.000000001Z"])))
+    assert requests[1] == b"GET /invocations/inv/events?since=%s HTTP/1.1" % since.encode()
 
 
 def test_a_200_that_is_not_an_event_stream_is_retried() -> None:

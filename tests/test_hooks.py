@@ -445,7 +445,8 @@ def test_plain_follow_prints_text_through_the_bundled_console(
     "source, message",
     [
         ("raise ImportError('needs the frobnicate package')", "failed to import: ImportError: needs the frobnicate"),
-        ("import kernel_sse\n\n@kernel_sse.hookimpl\ndef on_lgo(event):\n    pass\n", "unknown hook 'on_lgo'"),
+        ("import kernel_sse\n\n@kernel_sse.hookimpl\ndef on_lgo(event):\n    pass\n",
+         "'on_lgo' is not a kernel-sse hook; did you mean 'on_log'?"),
         ("def broken(:\n", "failed to import: SyntaxError"),
     ],
     ids=["import-error", "unknown-hook", "syntax-error"],
