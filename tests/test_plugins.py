@@ -225,13 +225,18 @@ def test_jsonl_file_with_text_output_and_alone(
     assert [obj for obj in objects if obj["event"] != "sse_heartbeat"] == sent
 
 
-def test_jsonl_file_that_cannot_be_opened_is_a_plugin_error(
+def test_jsonl_file_that_cannot_be_opened_stops_the_run_before_the_first_request(
     emulator_env: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     emulator_env.add(basic_script())
-    assert follow("inv_basic", "--jsonl-file", str(tmp_path / "no" / "such" / "dir.jsonl")) == 5
+    path = tmp_path / "no" / "such" / "dir.jsonl"
+    assert follow("inv_basic", "--jsonl-file", str(path)) == 2
     out, err = capsys.readouterr()
-    assert "plugin 'jsonl' failed in on_start" in err and "hello" in out
+    assert err == (
+        f"kernel-sse: --jsonl-file '{path}': the folder '{path.parent}' does not exist; "
+        "create it or choose another path\n"
+    )
+    assert out == "" and emulator_env.requests == []
 
 
 # ---------------------------------------------------------------- webhook
@@ -387,10 +392,12 @@ def test_webhook_connection_errors_never_show_the_secret(
     assert f"POST to http://127.0.0.1:{port} failed after 2 attempts" in err
     assert_no_secret(out + err)
     emulator_env.add(basic_script("inv_bad_url"))
-    assert follow("inv_bad_url", "--webhook-url", "ftp://files.example/s3cr3t") == 5
+    emulator_env.clear_requests()
+    assert follow("inv_bad_url", "--webhook-url", "ftp://files.example/s3cr3t") == 2  # checked before any request
     out, err = capsys.readouterr()
     assert "not an http(s) URL" in err
     assert_no_secret(out + err)
+    assert emulator_env.requests == []
 
 
 def test_webhook_reports_outcomes_without_a_terminal_state(
@@ -619,3 +626,357 @@ def test_readme_shows_the_example_plugin(document: str) -> None:
     assert "```python\n" + EXAMPLE.read_text(encoding="utf-8") + "```" in text
     for name in kernel_sse.BUNDLED_PLUGINS:
         assert f"`{name}`" in text.split("## Plugins", 1)[-1]
+
+
+def test_example_plugin_refuses_a_bad_pattern_before_the_first_request(
+    emulator_env: Emulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    emulator_env.add(basic_script())
+    assert follow("inv_basic", "-p", str(EXAMPLE), "--match", "(unclosed") == 2
+    out, err = capsys.readouterr()
+    assert err.startswith("kernel-sse: --match '(unclosed' is not a regular expression (")
+    assert err.endswith("); fix the pattern\n") and err.count("\n") == 1
+    assert out == "" and emulator_env.requests == []
+
+
+# ---------------------------------------------------------------- options checked before the first request
+
+
+def _cannot_create_files_in(folder: Path) -> bool:
+    """Make ``folder`` read-only; False when that does not stop us (root ignores modes)."""
+    folder.mkdir(exist_ok=True)
+    folder.chmod(0o500)
+    try:
+        (folder / "probe").touch()
+    except PermissionError:
+        return True
+    (folder / "probe").unlink()
+    return False
+
+
+def _permission_denied(*args: Any, **kwargs: Any) -> Any:
+    raise PermissionError(13, "Permission denied")
+
+
+BAD_OPTIONS: Dict[str, Tuple[List[str], str]] = {
+    # name: (arguments, the message after "kernel-sse: "), with {tmp} for tmp_path
+    "jsonl-missing-folder": (
+        ["--jsonl-file", "{tmp}/missing/events.jsonl"],
+        "--jsonl-file '{tmp}/missing/events.jsonl': the folder '{tmp}/missing' does not exist; "
+        "create it or choose another path",
+    ),
+    "jsonl-folder": (
+        ["--jsonl-file", "{tmp}"],
+        "--jsonl-file '{tmp}': that is a folder; give the path of a file in it",
+    ),
+    "jsonl-folder-is-a-file": (
+        ["--jsonl-file", "{tmp}/file.txt/events.jsonl"],
+        "--jsonl-file '{tmp}/file.txt/events.jsonl': the folder '{tmp}/file.txt' is not a folder; "
+        "create it or choose another path",
+    ),
+    "jsonl-unwritable": (
+        ["--jsonl-file", "{tmp}/locked/events.jsonl"],
+        "--jsonl-file '{tmp}/locked/events.jsonl': cannot write it (Permission denied); "
+        "choose a path you may write, or fix its permissions",
+    ),
+    "prometheus-missing-folder": (
+        ["--prometheus-file", "{tmp}/missing/job.prom"],
+        "--prometheus-file '{tmp}/missing/job.prom': the folder '{tmp}/missing' does not exist; "
+        "create it or use node_exporter's textfile directory",
+    ),
+    "prometheus-not-prom": (
+        ["--prometheus-file", "{tmp}/job.txt"],
+        "--prometheus-file '{tmp}/job.txt': the name must end in .prom (node_exporter reads only *.prom files), "
+        "e.g. '{tmp}/job.txt.prom'",
+    ),
+    "prometheus-unwritable": (
+        ["--prometheus-file", "{tmp}/locked/job.prom"],
+        "--prometheus-file '{tmp}/locked/job.prom': cannot create files in the folder '{tmp}/locked' "
+        "(Permission denied); fix its permissions or choose another folder",
+    ),
+    "webhook-not-http": (
+        ["--webhook-url", "ftp://files.example/services/T000/s3cr3t"],
+        "--webhook-url (ftp://files.example) is not an http(s) URL with a host; "
+        "give the full address, e.g. https://hooks.example.com/...",
+    ),
+    "webhook-no-host": (
+        ["--webhook-url", "https:///services/T000/s3cr3t?key=hunter2"],
+        "--webhook-url (https://?) is not an http(s) URL with a host; "
+        "give the full address, e.g. https://hooks.example.com/...",
+    ),
+    "webhook-no-scheme": (
+        ["--webhook-url", "hooks.example.com/services/T000/s3cr3t"],
+        "--webhook-url (?://?) is not an http(s) URL with a host; "
+        "give the full address, e.g. https://hooks.example.com/...",
+    ),
+    "webhook-bad-port": (
+        ["--webhook-url", "https://user:pw@hooks.example.com:notaport/s3cr3t"],
+        "--webhook-url (<invalid URL>) is not a valid URL; give the full http(s):// address of the webhook",
+    ),
+    "webhook-environment": (
+        [],  # KERNEL_SSE_WEBHOOK_URL is set by the test
+        "KERNEL_SSE_WEBHOOK_URL (file://?) is not an http(s) URL with a host; "
+        "give the full address, e.g. https://hooks.example.com/...",
+    ),
+    "webhook-timeout": (
+        ["--webhook-url", "https://hooks.example.com/s3cr3t", "--webhook-timeout", "0"],
+        "--webhook-timeout 0: give a number of seconds above 0, e.g. 10",
+    ),
+    "webhook-retries": (
+        ["--webhook-url", "https://hooks.example.com/s3cr3t", "--webhook-retries", "-1"],
+        "--webhook-retries -1: give 0 or more",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_OPTIONS))
+def test_bad_plugin_options_stop_the_run_before_the_first_request(
+    emulator_env: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], case: str,
+) -> None:
+    arguments, message = BAD_OPTIONS[case]
+    tmp = str(tmp_path)
+    (tmp_path / "file.txt").write_text("a file, not a folder\n")
+    if case.endswith("-unwritable") and not _cannot_create_files_in(tmp_path / "locked"):
+        # Running as root: modes do not stop us, so the OS refusal is simulated where the plugin meets it.
+        if case.startswith("jsonl"):
+            monkeypatch.setattr(bundled("jsonl"), "open", _permission_denied, raising=False)
+        else:
+            monkeypatch.setattr(bundled("prometheus").tempfile, "mkstemp", _permission_denied)
+    if case == "webhook-environment":
+        monkeypatch.setenv("KERNEL_SSE_WEBHOOK_URL", "file:///etc/s3cr3t")
+    emulator_env.add(basic_script())
+    before = sorted(path.name for path in tmp_path.iterdir())
+    assert follow("inv_basic", *[argument.format(tmp=tmp) for argument in arguments]) == 2
+    out, err = capsys.readouterr()
+    assert err == f"kernel-sse: {message.format(tmp=tmp)}\n"
+    assert out == ""
+    assert emulator_env.requests == []  # refused before the first request
+    assert_no_secret(err)
+    assert sorted(path.name for path in tmp_path.iterdir()) == before  # no file made, no probe left
+    if (tmp_path / "locked").exists():
+        assert list((tmp_path / "locked").iterdir()) == []
+
+
+def test_a_refused_option_leaves_no_report_behind(
+    emulator_env: Emulator, hook_server: HookServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    emulator_env.add(basic_script())
+    metrics = tmp_path / "job.prom"
+    code = follow(
+        "inv_basic", "--jsonl-file", str(tmp_path / "missing" / "events.jsonl"),
+        "--prometheus-file", str(metrics), "--webhook-url", hook_server.origin + SECRET_PATH, "--log-events",
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kernel-sse: --jsonl-file ") and err.count("\n") == 1  # that message, nothing else
+    # The run never started: no metrics, no webhook summary of a follow that did not happen.
+    assert not metrics.exists() and hook_server.posts == [] and emulator_env.requests == []
+    assert logging.getLogger("kernel_sse.events").level == logging.NOTSET
+
+
+def test_good_plugin_options_still_work(emulator_env: Emulator, hook_server: HookServer, tmp_path: Path) -> None:
+    emulator_env.add(basic_script())
+    (tmp_path / "out").mkdir()
+    code = follow(
+        "inv_basic", "--jsonl-file", str(tmp_path / "out" / "new.jsonl"),
+        "--prometheus-file", str(tmp_path / "out" / "job.prom"), "--webhook-url", hook_server.origin + SECRET_PATH,
+        "--webhook-retries", "0", "--webhook-lines", "0",
+    )
+    assert code == 0
+    assert sorted(os.listdir(tmp_path / "out")) == ["job.prom", "new.jsonl"]  # the probe file is gone
+    (payload,) = hook_server.payloads()
+    assert payload["logs"] == [] and payload["log_count"] == 2
+
+
+# ---------------------------------------------------------------- several follows in one process
+
+
+def parsed(obj: Dict[str, Any]) -> kernel_sse.KernelEvent:
+    """The event the parser makes of ``obj`` (json.dumps: a lone surrogate travels as its \\u escape)."""
+    return kernel_sse.parse_event(kernel_sse.ServerSentEvent(data=json.dumps(obj)))
+
+
+def log_event(message: str, timestamp: str = "2025-06-20T12:00:01.000Z") -> kernel_sse.KernelEvent:
+    return parsed({"event": "log", "timestamp": timestamp, "message": message})
+
+
+def error_event(code: str, message: str, timestamp: str = "2025-06-20T12:00:02.000Z") -> kernel_sse.KernelEvent:
+    return parsed({"event": "error", "timestamp": timestamp, "error": {"code": code, "message": message}})
+
+
+def state_event(
+    invocation_id: str, status: str, timestamp: str = "2025-06-20T12:00:00.000Z", **fields: Any
+) -> kernel_sse.KernelEvent:
+    invocation: Dict[str, Any] = {
+        "id": invocation_id, "app_name": "shop", "version": "1.0.0", "action_name": "scrape",
+        "started_at": "2025-06-20T12:00:00Z", "status": status,
+    }
+    if status in kernel_sse.TERMINAL_STATUSES:
+        invocation.update(finished_at="2025-06-20T12:00:05Z", status_reason=f"it {status}", output='{"n":1}')
+    invocation.update(fields)
+    return parsed({"event": "invocation_state", "timestamp": timestamp, "invocation": invocation})
+
+
+def bundled_hooks(*extra: Path) -> kernel_sse.Hooks:
+    """The bundled plugins (and ``extra`` plugin files) as the CLI loads them; strict: any plugin error raises."""
+    plugins = kernel_sse.PluginSet()
+    plugins.load_bundled()
+    for path in extra:
+        plugins.load(str(path), "-p")
+    assert all(str(bundled(name).__file__).startswith(str(ROOT / "plugins")) for name in kernel_sse.BUNDLED_PLUGINS)
+    return plugins.hooks(strict=True)
+
+
+class Driver:
+    """One follow's hook calls, made as the core makes them, by the test (no request is sent)."""
+
+    OPTIONS: Dict[str, object] = {
+        "format": "text", "quiet": False, "verbose": False, "jsonl_file": None, "prometheus_file": None,
+        "webhook_url": None, "webhook_timeout": 5.0, "webhook_retries": 0, "webhook_lines": 20,
+        "log_events": False, "log_level": "INFO", "match": None,
+    }
+
+    def __init__(self, hooks: kernel_sse.Hooks, invocation_id: str, **options: object) -> None:
+        self.hooks = hooks
+        follower = kernel_sse.Follower(invocation_id, api_key="test-key-unused", base_url="http://127.0.0.1:9")
+        self.context = kernel_sse.FollowContext(follower, {**self.OPTIONS, **options})
+        self.invocation: Any = None
+        self.sent: List[kernel_sse.KernelEvent] = []
+
+    def start(self) -> None:
+        self.hooks.on_start(self.context)
+
+    def event(self, event: kernel_sse.KernelEvent) -> None:
+        self.sent.append(event)
+        self.hooks.on_event(event, self.context)
+        if isinstance(event, kernel_sse.InvocationStateEvent):
+            self.invocation = event.invocation
+            if event.invocation.is_terminal:
+                self.hooks.on_terminal(event.invocation, self.context)
+
+    def reconnect(self, attempt: int) -> None:
+        self.hooks.on_reconnect(attempt, 0.5, "connection reset", self.context)
+
+    def finish(self) -> None:
+        status = self.invocation.status if self.invocation is not None else "gave_up"
+        code = {"succeeded": 0, "failed": 1}.get(status, 4)
+        self.hooks.on_finish(kernel_sse.Outcome(status, code, self.invocation), self.context)
+
+
+def prometheus_samples(path: Path) -> Dict[str, str]:
+    text = path.read_bytes().decode("utf-8")  # strict: the file is valid UTF-8
+    assert all(line.startswith(("# HELP ", "# TYPE ", "kernel_sse_")) for line in text.splitlines())
+    return {line.rsplit(" ", 1)[0]: line.rsplit(" ", 1)[1] for line in text.splitlines() if not line.startswith("#")}
+
+
+def test_follows_in_one_process_keep_their_own_state(
+    hook_server: HookServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str],
+) -> None:
+    caplog.set_level(logging.INFO, logger="kernel_sse.events")
+    terminal = FakeTerminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    stderr = sys.stderr
+    hooks = bundled_hooks(EXAMPLE)
+    a, b = (
+        Driver(
+            hooks, f"inv_{name}", jsonl_file=str(tmp_path / f"{name}.jsonl"),
+            prometheus_file=str(tmp_path / f"{name}.prom"), webhook_url=f"{hook_server.origin}/{name}",
+            log_events=True, match="1",
+        )
+        for name in ("a", "b")
+    )
+    a.start()
+    b.start()
+    a.event(state_event("inv_a", "running"))
+    a.event(log_event("a1"))
+    b.event(state_event("inv_b", "queued"))
+    a.event(error_event("e_a", "only in a"))
+    b.event(log_event("b1"))
+    a.event(log_event("a2"))
+    b.event(state_event("inv_b", "running"))
+    b.event(log_event("b2"))
+    b.reconnect(2)
+    b.event(log_event("b3"))
+    a.event(state_event("inv_a", "succeeded"))
+    b.event(state_event("inv_b", "failed"))
+    b.finish()
+    a.finish()
+
+    for name, driver in (("a", a), ("b", b)):
+        written = (tmp_path / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()
+        assert [json.loads(line) for line in written] == [event.raw for event in driver.sent]
+    labels_a, labels_b = (f'app="shop",action="scrape",invocation_id="inv_{name}"' for name in ("a", "b"))
+    samples_a, samples_b = prometheus_samples(tmp_path / "a.prom"), prometheus_samples(tmp_path / "b.prom")
+    assert samples_a[f"kernel_sse_log_events_total{{{labels_a}}}"] == "2"
+    assert samples_a[f"kernel_sse_error_events_total{{{labels_a}}}"] == "1"
+    assert samples_a[f'kernel_sse_invocation_status{{{labels_a},status="succeeded"}}'] == "1"
+    assert samples_b[f"kernel_sse_log_events_total{{{labels_b}}}"] == "3"
+    assert samples_b[f"kernel_sse_error_events_total{{{labels_b}}}"] == "0"
+    assert samples_b[f'kernel_sse_invocation_status{{{labels_b},status="failed"}}'] == "1"
+    payloads = {path: json.loads(body) for path, _, body in hook_server.posts}
+    assert sorted(payloads) == ["/a", "/b"]
+    assert [line.split(" ", 1)[1] for line in payloads["/a"]["logs"]] == ["a1", "a2"]
+    assert [line.split(" ", 1)[1] for line in payloads["/b"]["logs"]] == ["b1", "b2", "b3"]
+    assert (payloads["/a"]["id"], payloads["/a"]["status"], payloads["/a"]["error_count"]) == ("inv_a", "succeeded", 1)
+    assert (payloads["/b"]["id"], payloads["/b"]["status"], payloads["/b"]["error_count"]) == ("inv_b", "failed", 0)
+    logged = [(r.__dict__["invocation_id"], r.getMessage()) for r in caplog.records if r.name == "kernel_sse.events"]
+    assert [message.rsplit(" ", 1)[1] for who, message in logged if who == "inv_a" and " [" not in message] == [
+        "a1", "a2"]
+    assert all(message.startswith(f"[{who}] ") for who, message in logged)
+    out = terminal.getvalue()
+    # Each follow's status line counts its own lines: b's first state comes after a's first log line.
+    assert re.search(r"\[queued\] \d+s, 0 log lines", out) and re.search(r"\[running\] \d+s, 3 log lines", out)
+    assert re.search(r"\[running\] \d+s, 2 log lines, reconnecting \(attempt 2\)", out)
+    rows, last = visible_rows(out)
+    assert not [row for row in rows if re.match(r"\[\w+\] \d+s, ", row)] and last == ""  # cleared before each line
+    assert sys.stderr is stderr  # the console's stderr wrapper is gone once both follows finished
+    assert capsys.readouterr().err.splitlines() == [
+        "1 log line(s) of inv_b matched '1'; the follow ended: failed",
+        "1 log line(s) of inv_a matched '1'; the follow ended: succeeded",
+    ]
+
+
+def test_follows_in_threads_against_the_emulator(
+    emulator: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hooks = bundled_hooks()
+    scripts = {
+        name: Script(f"inv_{name}", tuple([State("running")] + [Log(f"{name}{i}") for i in range(count)]
+                                          + [Pause(0.05), State("succeeded")]))
+        for name, count in (("a", 30), ("b", 7))
+    }
+    for script in scripts.values():
+        emulator.add(script)
+    codes: Dict[str, int] = {}
+
+    def run(name: str) -> None:
+        follower = kernel_sse.Follower(f"inv_{name}", api_key=emulator.api_key, base_url=emulator.url)
+        options = dict(Driver.OPTIONS, format="jsonl", quiet=True, jsonl_file=str(tmp_path / f"{name}.jsonl"),
+                       prometheus_file=str(tmp_path / f"{name}.prom"))
+        context = kernel_sse.FollowContext(follower, options)
+        hooks.on_start(context)
+        try:
+            for event in follower:
+                hooks.on_event(event, context)
+        finally:
+            follower.close()
+        assert follower.invocation is not None
+        hooks.on_terminal(follower.invocation, context)
+        hooks.on_finish(kernel_sse.Outcome("succeeded", 0, follower.invocation), context)
+        codes[name] = 0
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in scripts]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert codes == {"a": 0, "b": 0}
+    for name, count in (("a", 30), ("b", 7)):
+        objects = [json.loads(line) for line in (tmp_path / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()]
+        sent = [emitted.json() for emitted in emulator.invocation(f"inv_{name}").emitted()]
+        assert [obj for obj in objects if obj["event"] != "sse_heartbeat"] == sent
+        labels = f'app="emulated-app",action="run",invocation_id="inv_{name}"'
+        assert prometheus_samples(tmp_path / f"{name}.prom")[f"kernel_sse_log_events_total{{{labels}}}"] == str(count)
+    assert capsys.readouterr().out == ""
