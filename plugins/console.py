@@ -45,6 +45,7 @@ Block it with ``-p no:console`` (standard output then stays silent in text mode)
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import threading
@@ -332,8 +333,15 @@ def on_terminal(invocation: Invocation, context: FollowContext) -> None:
     if not run.active:
         return
     run.status = False  # nothing follows the result
-    rows = kernel_sse.format_result(invocation, context.elapsed).split("\n")
-    rows = [visible(row) for row in rows]  # the output's own line breaks stay line breaks
+    # The summary line's fields escaped before, so a line feed in them cannot break it;
+    # then each row: the output's own line breaks stay line breaks.
+    reason = invocation.status_reason
+    shown = dataclasses.replace(
+        invocation, id=visible(invocation.id), app_name=visible(invocation.app_name),
+        action_name=visible(invocation.action_name), version=visible(invocation.version),
+        status=visible(invocation.status), status_reason=None if reason is None else visible(reason),
+    )
+    rows = [visible(row) for row in kernel_sse.format_result(shown, context.elapsed).split("\n")]
     if run.colour:
         rows[0] = _paint(run, rows[0], _BOLD, _GREEN if invocation.status == "succeeded" else _RED)
     _print(run, "\n".join(rows))

@@ -8,6 +8,7 @@ server, also on 127.0.0.1.
 from __future__ import annotations
 
 import http.server
+import importlib
 import io
 import json
 import logging
@@ -21,10 +22,12 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import kernel_sse
-from kernel_sse_emulator import EmulatedInvocation, Emulator, Fault, Log, Pause, Script, State
-from plugin_support import ROOT, basic_script, bundled, clean_environment, follow
+from kernel_sse_emulator import EmulatedInvocation, Emulator, Fault, Log, Malformed, Pause, Script, State
+from plugin_support import ROOT, basic_script, bundled, clean_environment, follow, write_plugin
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 CLEAR = "\r\x1b[K"
@@ -980,3 +983,290 @@ def test_follows_in_threads_against_the_emulator(
         labels = f'app="emulated-app",action="run",invocation_id="inv_{name}"'
         assert prometheus_samples(tmp_path / f"{name}.prom")[f"kernel_sse_log_events_total{{{labels}}}"] == str(count)
     assert capsys.readouterr().out == ""
+
+
+# ---------------------------------------------------------------- every value the parser accepts
+
+ESCAPES = "esc \x1b[41mred\x1b[0m title \x1b]0;pwned\x07 clear \x1b[2J cr\r nl\n tab\t del\x7f csi\x9b nul\x00"
+ESCAPES_SHOWN = (
+    "esc \\x1b[41mred\\x1b[0m title \\x1b]0;pwned\\x07 clear \\x1b[2J cr\\x0d nl\\x0a tab\t del\\x7f csi\\x9b nul\\x00"
+)
+LONE = "lone \ud800 surrogate \udfff"
+LONE_SHOWN = "lone \\ud800 surrogate \\udfff"
+YEAR_1 = "0001-01-01T00:00:00+01:00"  # in UTC: year 0, which datetime cannot hold
+YEAR_9999 = "9999-12-31T23:59:59.999999999-01:00"  # in UTC: year 10000
+INVISIBLE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\ud800-\udfff]")
+ODD_APP = 'we"ird\\app\n\x1b[41m\ud800'
+
+
+def same_json(first: object, second: object) -> bool:
+    """first == second, without recursion (== recurses, and these values nest ~1000 deep)."""
+    todo = [(first, second)]
+    while todo:
+        a, b = todo.pop()
+        if isinstance(a, dict) and isinstance(b, dict):
+            if list(a) != list(b):
+                return False
+            todo.extend((a[key], b[key]) for key in a)
+        elif isinstance(a, list) and isinstance(b, list):
+            if len(a) != len(b):
+                return False
+            todo.extend(zip(a, b))
+        elif type(a) is not type(b) or a != b:
+            return False
+    return True
+
+
+def deep_unknown_event() -> Tuple[kernel_sse.KernelEvent, int]:
+    """An event of an unknown kind nested nearly as deep as the parser accepts here (about 1000 levels);
+    a little less, so that the test's own json.loads can read it back."""
+    for depth in range(1000, 0, -1):
+        data = '{"event":"browser_ready","note":"\\ud800","tree":' + "[" * depth + "]" * depth + "}"
+        try:
+            kernel_sse.parse_event(kernel_sse.ServerSentEvent(data=data))
+        except kernel_sse.MalformedEvent:
+            continue
+        depth -= 16
+        data = '{"event":"browser_ready","note":"\\ud800","tree":' + "[" * depth + "]" * depth + "}"
+        return kernel_sse.parse_event(kernel_sse.ServerSentEvent(data=data)), depth
+    raise AssertionError("no depth parses")
+
+
+def odd_events() -> Tuple[List[kernel_sse.KernelEvent], int]:
+    deep, depth = deep_unknown_event()
+    assert depth > 900
+    deep_output = '{"x":' + "[" * 900 + '"\\ud800"' + "]" * 900 + "}"
+    return [
+        state_event("inv_odd", "running", YEAR_1, app_name=ODD_APP, status_reason=ESCAPES),
+        log_event(LONE, YEAR_1),
+        log_event(ESCAPES, YEAR_9999),
+        error_event("e\x1b[41m", LONE, "0001-01-01T00:00:00Z"),
+        deep,
+        parsed({"event": "sse_heartbeat", "timestamp": YEAR_9999}),
+        state_event(
+            "inv_odd", "failed", YEAR_9999, app_name=ODD_APP, started_at=YEAR_1, finished_at=YEAR_9999,
+            status_reason=LONE + " " + ESCAPES, output=deep_output,
+        ),
+    ], depth
+
+
+def test_odd_values_through_every_bundled_plugin(
+    hook_server: HookServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="kernel_sse.events")
+    stdout = io.StringIO()  # keeps a lone surrogate as it is: a leak would show
+    monkeypatch.setattr(sys, "stdout", stdout)
+    events, depth = odd_events()
+    driver = Driver(
+        bundled_hooks(), "inv_odd", jsonl_file=str(tmp_path / "odd.jsonl"), prometheus_file=str(tmp_path / "odd.prom"),
+        webhook_url=hook_server.origin + SECRET_PATH, log_events=True, log_level="DEBUG",
+    )
+    driver.start()
+    for event in events:
+        driver.event(event)  # strict hooks: a plugin that raised would fail the test here
+    driver.finish()
+
+    # console: one line per event (heartbeats none), every control character and surrogate escaped
+    out = stdout.getvalue()
+    assert not INVISIBLE.search(out.replace("\n", ""))
+    rows = out.split("\n")
+    assert rows[0] == f"0001-01-01T00:00:00.000+01:00 [running]: {ESCAPES_SHOWN}"
+    assert rows[1] == f"0001-01-01T00:00:00.000+01:00 {LONE_SHOWN}"
+    assert rows[2] == f"9999-12-31T23:59:59.999-01:00 {ESCAPES_SHOWN}"
+    assert re.match(r"0*1-01-01T00:00:00\.000Z \[error\] e\\x1b\[41m: " + re.escape(LONE_SHOWN) + "$", rows[3])
+    assert rows[4].startswith('[browser_ready] {"event":') or rows[4].startswith('[browser_ready] {"note": ')
+    assert rows[4].count("[") == 1 + depth and rows[4].endswith("]" * depth + "}")
+    assert rows[5] == f"9999-12-31T23:59:59.999-01:00 [failed]: {LONE_SHOWN} {ESCAPES_SHOWN}"
+    assert rows[6].startswith('invocation inv_odd (we"ird\\app\\x0a\\x1b[41m\\ud800 scrape v1.0.0) failed: ')
+    assert rows[7].startswith("output: ")
+    # jsonl: valid UTF-8, one line per event, each exactly the JSON value received
+    written = (tmp_path / "odd.jsonl").read_bytes().decode("utf-8").splitlines()
+    assert len(written) == len(events)
+    assert all(same_json(json.loads(line), event.raw) for line, event in zip(written, events))
+    assert "\\ud800" in written[1] and "\u20ac" not in written[1]
+    # webhook: posted, valid UTF-8, the values exact
+    ((_, _, body),) = hook_server.posts
+    payload = json.loads(body.decode("utf-8"))
+    assert payload["reason"] == LONE + " " + ESCAPES and payload["app"] == ODD_APP
+    assert payload["output"] == events[-1].raw["invocation"]["output"]  # type: ignore[index]
+    assert payload["logs"][0].endswith(LONE_SHOWN) and payload["logs"][1].endswith(ESCAPES_SHOWN)
+    assert payload["log_count"] == 2 and payload["error_count"] == 1
+    # prometheus: valid UTF-8 in the text format's grammar, label values escaped
+    text = (tmp_path / "odd.prom").read_bytes().decode("utf-8")
+    label = r'\w+="(?:[^"\\\n]|\\[\\"n])*"'
+    for line in text.splitlines():
+        assert line.startswith("# ") or re.fullmatch(rf"kernel_sse_\w+\{{{label}(?:,{label})*\}} \S+", line), line
+    assert 'app="we\\"ird\\\\app\\n\\\\x1b[41m\\\\ud800"' in text
+    assert float(prometheus_samples(tmp_path / "odd.prom")[
+        'kernel_sse_invocation_duration_seconds{app="we\\"ird\\\\app\\n\\\\x1b[41m\\\\ud800",action="scrape",'
+        'invocation_id="inv_odd"}']) > 3e11  # from year 1 to year 9999
+    # logging: every event logged, on one line each, nothing invisible
+    messages = [record.getMessage() for record in caplog.records if record.name == "kernel_sse.events"]
+    assert len(messages) == len(events)
+    assert not [message for message in messages if INVISIBLE.search(message)]
+    assert messages[2] == f"[inv_odd] 9999-12-31T23:59:59.999-01:00 {ESCAPES_SHOWN}"
+
+
+def test_odd_values_in_jsonl_on_standard_output(monkeypatch: pytest.MonkeyPatch) -> None:
+    for encoding in ("utf-8", "latin-1"):
+        raw = io.BytesIO()
+        monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(raw, encoding=encoding, newline="\n"))
+        events = odd_events()[0] + [log_event("price \u20ac5 \U0001f600")]
+        driver = Driver(bundled_hooks(), "inv_odd", format="jsonl")
+        driver.start()
+        for event in events[:-1]:
+            driver.event(event)
+        driver.event(events[-1])  # after the terminal state: not written
+        driver.finish()
+        sys.stdout.flush()
+        lines = raw.getvalue().decode(encoding).splitlines()
+        assert len(lines) == len(events) - 1
+        assert all(same_json(json.loads(line), event.raw) for line, event in zip(lines, events))
+
+
+def test_odd_values_through_the_command_line(
+    emulator_env: Emulator, hook_server: HookServer, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="kernel_sse.events")
+    depth = 600  # the follower parses a few dozen frames deeper than a test does
+    steps = (
+        State("running"),
+        Malformed(json.dumps({"event": "log", "timestamp": YEAR_1, "message": LONE})),
+        Log(ESCAPES, at=YEAR_9999),  # the emulator cannot count on from there: the next steps say when
+        Malformed('{"event":"browser_ready","tree":' + "[" * depth + '"\\ud800"' + "]" * depth + "}",
+                  at="2025-06-20T12:00:01Z"),
+        State("succeeded", at="2025-06-20T12:00:02Z", output={"x": ESCAPES}),
+    )
+    invocation = emulator_env.add(Script("inv_odd", steps, app_name='we"ird\x1b[41m'))
+    jsonl, prom = tmp_path / "odd.jsonl", tmp_path / "odd.prom"
+    code = follow(
+        "inv_odd", "--jsonl-file", str(jsonl), "--prometheus-file", str(prom),
+        "--webhook-url", hook_server.origin + SECRET_PATH, "--log-events",
+    )
+    out, err = capsys.readouterr()
+    assert code == 0 and err == ""
+    assert f"0001-01-01T00:00:00.000+01:00 {LONE_SHOWN}\n" in out
+    assert f"9999-12-31T23:59:59.999-01:00 {ESCAPES_SHOWN}\n" in out
+    assert "\x1b" not in out and "\r" not in out
+    written = [json.loads(line) for line in jsonl.read_bytes().decode("utf-8").splitlines()]
+    sent = [emitted.json() for emitted in invocation.emitted()]
+    assert same_json([obj for obj in written if obj["event"] != "sse_heartbeat"], sent)
+    (payload,) = hook_server.payloads()
+    assert payload["logs"][0].endswith(LONE_SHOWN) and payload["status"] == "succeeded"
+    assert 'app="we\\"ird\\\\x1b[41m"' in prom.read_bytes().decode("utf-8")
+    messages = [record.getMessage() for record in caplog.records if record.name == "kernel_sse.events"]
+    assert f"[inv_odd] 0001-01-01T00:00:00.000+01:00 {LONE_SHOWN}" in messages
+
+
+def test_shared_text_helpers() -> None:
+    text = importlib.import_module("kernel_sse_plugins._text")
+    assert text.visible("plain \t text \u20ac") == "plain \t text \u20ac"
+    assert text.visible(ESCAPES + LONE) == ESCAPES_SHOWN + LONE_SHOWN
+    deep: List[object] = []
+    for _ in range(5000):  # far deeper than the JSON encoder's recursion allows
+        deep = [deep, "\ud800"]
+    line = text.json_line({"deep": deep})
+    assert line == '{"deep":' + '[' * 5000 + '[]' + ',"\\ud800"]' * 5000 + "}"
+    assert line.encode("utf-8")
+    assert text.json_line({"b": 1, "a": [1.5, None, True, "\u20ac\ud83d"]}, sort_keys=True) == (
+        '{"a":[1.5,null,true,"\u20ac\\ud83d"],"b":1}')
+    assert json.loads(text.ascii_json('{"s":"\u20ac \U0001f600"}')) == {"s": "\u20ac \U0001f600"}
+    assert text.ascii_json('{"s":"\u20ac"}') == '{"s":"\\u20ac"}'
+    when = kernel_sse.parse_timestamp(YEAR_1)
+    assert text.format_time(when) == "0001-01-01T00:00:00.000+01:00"
+    assert text.format_time(kernel_sse.parse_timestamp("2025-06-20T12:00:00.123456Z")) == "2025-06-20T12:00:00.123Z"
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda children: st.lists(children) | st.dictionaries(st.text(), children),
+    max_leaves=25,
+)
+
+
+@given(JSON_VALUES, st.booleans())
+def test_flat_json_encoder_writes_what_json_dumps_writes(value: object, sort_keys: bool) -> None:
+    flat = importlib.import_module("kernel_sse_plugins._text")._dumps_flat
+    assert flat(value, sort_keys) == json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=sort_keys)
+
+
+# ---------------------------------------------------------------- the status line and NO_COLOR
+
+STATUS = re.compile(r"\r\x1b\[K(?:\x1b\[2m)?(\[[^\r\n]*?)(?:\x1b\[0m|(?=\r)|$)")
+
+
+def test_status_line_says_the_phase(monkeypatch: pytest.MonkeyPatch) -> None:
+    terminal = FakeTerminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    driver = Driver(bundled_hooks(), "inv_phase")
+
+    def last_status() -> str:
+        found = STATUS.findall(terminal.getvalue())
+        return re.sub(r"\] \d+s", "] Ns", found[-1]) if found else ""
+
+    driver.start()
+    assert last_status() == "[connecting] Ns, 0 log lines"
+    driver.event(parsed({"event": "sse_heartbeat", "timestamp": "2025-06-20T12:00:00Z"}))
+    assert last_status() == "[streaming] Ns, 0 log lines"
+    driver.event(log_event("first"))  # logs stream before any state: not "connecting" any more
+    assert last_status() == "[streaming] Ns, 1 log line"
+    driver.reconnect(2)
+    assert last_status() == "[connecting] Ns, 1 log line, reconnecting (attempt 2)"
+    driver.event(log_event("second"))
+    assert last_status() == "[streaming] Ns, 2 log lines"
+    driver.event(state_event("inv_phase", "running\x1b[2J"))
+    assert last_status() == "[running\\x1b[2J] Ns, 2 log lines"  # event text escaped here too
+    driver.event(state_event("inv_phase", "succeeded"))
+    driver.finish()
+    rows, last = visible_rows(terminal.getvalue())
+    assert [row.split(" ", 1)[1] for row in rows[:4]] == ["first", "second", "[running\\x1b[2J]", "[succeeded]: it succeeded"]
+    assert last == ""
+
+
+class ShouldNotFail(Exception):
+    pass
+
+
+@pytest.mark.parametrize("ending", ["deadline", "plugin_error"])
+def test_status_line_is_cleared_before_kernel_sse_writes_on_standard_error(
+    emulator_env: Emulator, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, ending: str
+) -> None:
+    terminal = FakeTerminal()  # one screen: standard output and standard error both land on it
+    monkeypatch.setattr(sys, "stdout", terminal)
+    monkeypatch.setattr(sys, "stderr", terminal)
+    if ending == "deadline":
+        emulator_env.add(Script("inv_slow", (State("running"), Log("working"), Pause(5), State("succeeded"))))
+        assert follow("inv_slow", "--deadline", "0.8") == 4
+    else:
+        plugin = write_plugin(tmp_path, "breaks", """
+            import kernel_sse
+
+            @kernel_sse.hookimpl
+            def on_log(event):
+                if event.message == "world":
+                    raise RuntimeError("boom")
+        """)
+        emulator_env.add(basic_script(pause=0.35))
+        assert follow("inv_basic", "-p", str(plugin)) == 5
+    assert sys.stderr is terminal  # the console's wrapper is gone
+    rows, last = visible_rows(terminal.getvalue())
+    messages = [row for row in rows if "kernel-sse:" in row]
+    assert messages and all(row.startswith("kernel-sse: ") for row in messages)  # not after a status line
+    assert last == ""
+
+
+@pytest.mark.parametrize("no_color, colour", [("1", False), ("", True)])
+def test_no_color_turns_off_colour_only(
+    emulator_env: Emulator, monkeypatch: pytest.MonkeyPatch, no_color: str, colour: bool
+) -> None:
+    emulator_env.add(basic_script(pause=0.35))
+    terminal = FakeTerminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    monkeypatch.setenv("NO_COLOR", no_color)  # an empty NO_COLOR does not count (no-color.org)
+    assert follow("inv_basic") == 0
+    out = terminal.getvalue()
+    assert bool(ANSI.search(out.replace(CLEAR, ""))) is colour
+    assert re.search(r"\r\x1b\[K(\x1b\[2m)?\[running\] \d+s, 1 log line", out)  # the status line either way
+    rows, last = visible_rows(out)
+    assert last == "" and [row for row in rows if row.startswith("output: ")]
