@@ -11,13 +11,19 @@ standard output (the ``console`` plugin does).  Where standard output cannot
 encode a character (a Latin-1 locale, say), that line is written with ``\\uXXXX``
 escapes instead: the same JSON value.
 
+Lines are valid UTF-8 and mean exactly what the API sent: a lone surrogate
+(``"\\ud800"`` is valid JSON) is written as that ``\\u`` escape, and JSON nested
+deeper than Python's encoder can recurse is encoded without recursion.
+
 Options:
 
 ``--jsonl-file PATH``
     Also append the same lines to ``PATH`` (created if missing, flushed per
     line), whatever ``--format`` is: with ``--format text`` you get text on
     standard output and JSON lines in the file.  ``--format jsonl -q
-    --jsonl-file PATH`` writes the file only.
+    --jsonl-file PATH`` writes the file only.  A path that cannot be written
+    (a missing folder, no permission, a folder) stops the run before the
+    first request, with exit status 2.
 
 ``-q`` / ``--quiet``
     With ``--format jsonl``: nothing on standard output (the exit status tells
@@ -27,22 +33,22 @@ Options:
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Optional, TextIO
 
 import kernel_sse
 from kernel_sse import FollowContext, InvocationStateEvent, KernelEvent, Outcome
 
+from ._text import ascii_json, json_line
 
-class _Run:
-    """One follow's outputs; replaced in ``on_start``."""
 
-    def __init__(self, stdout: bool = True, file: Optional[TextIO] = None) -> None:
-        self.stdout = stdout
-        self.file = file
+class _Follow:
+    """One follow's outputs (``context.state_for``)."""
+
+    def __init__(self) -> None:
+        self.stdout = False
+        self.file: Optional[TextIO] = None
         self.done = False  # the terminal state was written
-
-
-_run = _Run()
 
 
 @kernel_sse.hookimpl
@@ -55,70 +61,89 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _close() -> None:
-    if _run.file is not None:
-        file, _run.file = _run.file, None
-        file.close()
+def open_file(path: str) -> TextIO:
+    """Open ``--jsonl-file PATH`` for appending; :class:`kernel_sse.UsageError`
+    saying what is wrong and what to do if it cannot be written."""
+    flag = f"--jsonl-file '{path}'"
+    folder = os.path.dirname(path) or "."
+    if os.path.isdir(path):
+        raise kernel_sse.UsageError(f"{flag}: that is a folder; give the path of a file in it")
+    if not os.path.isdir(folder):
+        what = "is not a folder" if os.path.exists(folder) else "does not exist"
+        raise kernel_sse.UsageError(f"{flag}: the folder '{folder}' {what}; create it or choose another path")
+    try:
+        return open(path, "a", encoding="utf-8", newline="\n")
+    except OSError as exc:
+        raise kernel_sse.UsageError(
+            f"{flag}: cannot write it ({exc.strerror or type(exc).__name__}); "
+            "choose a path you may write, or fix its permissions"
+        ) from None
 
 
 @kernel_sse.hookimpl
 def on_start(context: FollowContext) -> None:
-    """Open the ``--jsonl-file``, if any."""
-    global _run
-    _close()  # a previous follow that never finished
+    """Open the ``--jsonl-file``, if any: before the first request, so a bad path stops the run at once."""
+    run = context.state_for(_Follow)
     options = context.options
-    _run = _Run(stdout=options.get("format") == "jsonl" and not options.get("quiet"))
+    run.stdout = options.get("format") == "jsonl" and not options.get("quiet")
     path = options.get("jsonl_file")
     if isinstance(path, str) and path:
-        _run.file = open(path, "a", encoding="utf-8", newline="\n")
+        run.file = open_file(path)
 
 
-def _write(event: KernelEvent) -> None:
-    if _run.done:
+def _write(event: KernelEvent, context: FollowContext) -> None:
+    run = context.state_for(_Follow)
+    if run.done:
         return
     if isinstance(event, InvocationStateEvent) and event.invocation.is_terminal:
-        _run.done = True
-    if not _run.stdout and _run.file is None:
+        run.done = True
+    if not run.stdout and run.file is None:
         return
-    line = kernel_sse.format_json(event)
-    if _run.stdout:
-        kernel_sse.print_line(line, event)  # \u escapes where stdout cannot encode
-    if _run.file is not None:
-        _run.file.write(line + "\n")
-        _run.file.flush()
+    line = json_line(event.raw)  # as format_json, but never loses the line
+    if run.stdout:
+        try:
+            kernel_sse.print_line(line, event)  # \u escapes where stdout cannot encode
+        except RecursionError:  # that fallback re-encodes the event: too deep for it
+            kernel_sse.print_line(ascii_json(line))
+    if run.file is not None:
+        run.file.write(line + "\n")
+        run.file.flush()
 
 
 @kernel_sse.hookimpl
-def on_log(event: KernelEvent) -> None:
+def on_log(event: KernelEvent, context: FollowContext) -> None:
     """Write a log event."""
-    _write(event)
+    _write(event, context)
 
 
 @kernel_sse.hookimpl
-def on_state(event: KernelEvent) -> None:
+def on_state(event: KernelEvent, context: FollowContext) -> None:
     """Write a state event."""
-    _write(event)
+    _write(event, context)
 
 
 @kernel_sse.hookimpl
-def on_error(event: KernelEvent) -> None:
+def on_error(event: KernelEvent, context: FollowContext) -> None:
     """Write an error event."""
-    _write(event)
+    _write(event, context)
 
 
 @kernel_sse.hookimpl
-def on_heartbeat(event: KernelEvent) -> None:
+def on_heartbeat(event: KernelEvent, context: FollowContext) -> None:
     """Write a heartbeat."""
-    _write(event)
+    _write(event, context)
 
 
 @kernel_sse.hookimpl
-def on_unknown(event: KernelEvent) -> None:
+def on_unknown(event: KernelEvent, context: FollowContext) -> None:
     """Write an event of an unknown kind, as received."""
-    _write(event)
+    _write(event, context)
 
 
 @kernel_sse.hookimpl
-def on_finish(outcome: Outcome) -> None:
+def on_finish(outcome: Outcome, context: FollowContext) -> None:
     """Close the file."""
-    _close()
+    run = context.state_for(_Follow)
+    if run.file is not None:
+        file, run.file = run.file, None
+        file.close()

@@ -26,38 +26,47 @@ Metrics, each labelled ``app``, ``action`` and ``invocation_id`` (``app`` and
   alert when it grows stale;
 - ``kernel_sse_exit_code``: the command's exit status.
 
+Label values are escaped as the text format wants (``\\``, ``\"``, ``\n``);
+other control characters and lone surrogates, which the format cannot carry
+safely, appear as the visible text ``\x1b`` / ``\ud800`` (backslash escaped),
+so the file is always valid UTF-8 that node_exporter parses.
+
 Options:
 
 ``--prometheus-file PATH``
     The file to write, in node_exporter's ``--collector.textfile.directory``;
-    its name must end in ``.prom``.  Use one file per cron job.
+    its name must end in ``.prom``.  Use one file per cron job.  A path in a
+    missing or unwritable folder, or not ending in ``.prom``, stops the run
+    before the first request (exit 2).  Nothing is written when the run stops
+    before its first request.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import tempfile
 import time
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import kernel_sse
 from kernel_sse import ErrorEvent, FollowContext, LogEvent, Outcome
+
+from ._text import visible
 
 OUTCOMES = ("succeeded", "failed", "refused", "gave_up", "deadline", "interrupted", "plugin_error")
 """The ``status`` label values ``kernel_sse_invocation_status`` always has."""
 
 
-class _Run:
-    """One follow's counts; replaced in ``on_start``."""
+class _Follow:
+    """One follow's counts and checked path (``context.state_for``)."""
 
     def __init__(self) -> None:
+        self.path: Optional[str] = None  # set once on_start has checked it
         self.logs = 0
         self.errors = 0
-
-
-_run = _Run()
 
 
 @kernel_sse.hookimpl
@@ -70,27 +79,64 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-@kernel_sse.hookimpl
-def on_start() -> None:
-    """Reset the counts."""
-    global _run
-    _run = _Run()
+def check_path(path: str) -> None:
+    """Raise :class:`kernel_sse.UsageError` unless ``path`` ends in ``.prom`` and
+    its folder exists and takes new files (tried, as the final write will)."""
+    flag = f"--prometheus-file '{path}'"
+    if not path.endswith(".prom"):
+        raise kernel_sse.UsageError(
+            f"{flag}: the name must end in .prom (node_exporter reads only *.prom files), e.g. '{path}.prom'"
+        )
+    folder = os.path.dirname(path) or "."
+    if os.path.isdir(path):
+        raise kernel_sse.UsageError(f"{flag}: that is a folder; give the path of a .prom file in it")
+    if not os.path.isdir(folder):
+        what = "is not a folder" if os.path.exists(folder) else "does not exist"
+        raise kernel_sse.UsageError(
+            f"{flag}: the folder '{folder}' {what}; create it or use node_exporter's textfile directory"
+        )
+    try:  # the final write is a new file in the folder, then a rename: try the first part now
+        fd, probe = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise kernel_sse.UsageError(
+            f"{flag}: cannot create files in the folder '{folder}' ({exc.strerror or type(exc).__name__}); "
+            "fix its permissions or choose another folder"
+        ) from None
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
 
 
 @kernel_sse.hookimpl
-def on_log(event: LogEvent) -> None:
+def on_start(context: FollowContext) -> None:
+    """Check ``--prometheus-file`` before the first request."""
+    run = context.state_for(_Follow)
+    path = context.options.get("prometheus_file")
+    if isinstance(path, str) and path:
+        check_path(path)
+        run.path = path
+
+
+@kernel_sse.hookimpl
+def on_log(event: LogEvent, context: FollowContext) -> None:
     """Count a log event."""
-    _run.logs += 1
+    context.state_for(_Follow).logs += 1
 
 
 @kernel_sse.hookimpl
-def on_error(event: ErrorEvent) -> None:
+def on_error(event: ErrorEvent, context: FollowContext) -> None:
     """Count an error event."""
-    _run.errors += 1
+    context.state_for(_Follow).errors += 1
 
 
 def escape_label(value: str) -> str:
-    """A label value escaped as the text exposition format wants it."""
+    """A label value escaped as the text exposition format wants it.
+
+    The format knows three escapes (backslash, double quote, line feed); any
+    other control character or a lone surrogate first becomes visible text
+    (``\\x1b``, ``\\ud800``), so the value stays one line of valid UTF-8.
+    """
+    value = "\n".join(visible(piece) for piece in value.split("\n"))
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
@@ -98,12 +144,19 @@ def _labels(pairs: Sequence[Tuple[str, str]]) -> str:
     return "{" + ",".join(f'{name}="{escape_label(value)}"' for name, value in pairs) + "}"
 
 
-def _number(value: float) -> str:
-    return repr(float(value)) if isinstance(value, float) else str(value)
+def _number(value: Union[int, float]) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "NaN"
+        if math.isinf(value):
+            return "+Inf" if value > 0 else "-Inf"  # the format's spelling, not Python's
+        return repr(value)
+    return str(value)
 
 
 def render(outcome: Outcome, context: FollowContext, now: Optional[float] = None) -> str:
     """The file's text for this outcome."""
+    run = context.state_for(_Follow)
     invocation = outcome.invocation
     base = [
         ("app", invocation.app_name if invocation is not None else ""),
@@ -126,8 +179,8 @@ def render(outcome: Outcome, context: FollowContext, now: Optional[float] = None
         metric("kernel_sse_invocation_duration_seconds", "gauge",
                "How long the invocation ran, from started_at to finished_at.", [(base, took)])
     metric("kernel_sse_follow_duration_seconds", "gauge", "How long the follow ran.", [(base, context.elapsed)])
-    metric("kernel_sse_log_events_total", "counter", "Log events the follow delivered.", [(base, _run.logs)])
-    metric("kernel_sse_error_events_total", "counter", "Error events the follow delivered.", [(base, _run.errors)])
+    metric("kernel_sse_log_events_total", "counter", "Log events the follow delivered.", [(base, run.logs)])
+    metric("kernel_sse_error_events_total", "counter", "Error events the follow delivered.", [(base, run.errors)])
     metric("kernel_sse_reconnects_total", "counter", "Connection drops the follow recovered from.",
            [(base, context.reconnects)])
     metric("kernel_sse_finish_timestamp_seconds", "gauge", "When the follow ended, in Unix time.",
@@ -163,6 +216,9 @@ def write_atomically(path: str, text: str, mode: int = 0o644) -> None:
 @kernel_sse.hookimpl
 def on_finish(outcome: Outcome, context: FollowContext) -> None:
     """Write the metrics file."""
-    path = context.options.get("prometheus_file")
-    if isinstance(path, str) and path:
-        write_atomically(path, render(outcome, context))
+    run = context.state_for(_Follow)
+    if run.path is None:
+        return
+    if outcome.status == "usage_error" and context.attempt == 0:
+        return  # the run stopped before its first request (another plugin's options): no follow to report
+    write_atomically(run.path, render(outcome, context))

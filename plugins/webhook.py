@@ -26,9 +26,10 @@ Options:
     Where to POST.  Defaults to the environment variable
     ``KERNEL_SSE_WEBHOOK_URL``; prefer it, so the URL's secret stays out of
     ``ps`` and shell history.  The secret (path, query, user info) is never
-    printed: messages name ``scheme://host`` only.
+    printed: messages name ``scheme://host`` only.  A URL that is not
+    ``http(s)://host...`` stops the run before the first request (exit 2).
 ``--webhook-timeout SECONDS``
-    Timeout of each attempt (default 10).
+    Timeout of each attempt (default 10; more than 0).
 ``--webhook-retries N``
     Retries after a connection error, a timeout, a 429 or a 5xx answer, with
     exponential backoff (0.5 s, 1 s, 2 s, ...; default 3).  Other answers
@@ -37,7 +38,10 @@ Options:
     How many of the last log lines to send (default 20; 0 for none).
 
 A POST that fails after its retries is reported on stderr as a plugin error,
-so the exit status becomes 5 where it would have been 0.
+so the exit status becomes 5 where it would have been 0.  Nothing is posted
+when the run stops before its first request (bad options: exit 2).  Any text
+is sent: control characters and lone surrogates are JSON escapes in the body,
+which is always valid UTF-8.
 """
 
 from __future__ import annotations
@@ -54,6 +58,8 @@ from typing import Deque, Dict, List, Optional, Union
 
 import kernel_sse
 from kernel_sse import ErrorEvent, FollowContext, LogEvent, Outcome
+
+from ._text import event_text, json_line
 
 ENV_URL = "KERNEL_SSE_WEBHOOK_URL"
 """The environment variable that gives the default URL."""
@@ -76,17 +82,14 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-class _Run:
-    """One follow's summary; replaced in ``on_start``."""
+class _Follow:
+    """One follow's summary (``context.state_for``)."""
 
-    def __init__(self, url: Optional[str] = None, lines: int = 20) -> None:
-        self.url = url
-        self.logs: Deque[str] = deque(maxlen=max(lines, 0))
+    def __init__(self) -> None:
+        self.url: Optional[str] = None  # set once on_start has checked it
+        self.logs: Deque[str] = deque(maxlen=20)
         self.log_count = 0
         self.error_count = 0
-
-
-_run = _Run()
 
 
 @kernel_sse.hookimpl
@@ -120,34 +123,59 @@ def _number(value: object, default: float) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
 
 
+def check_url(url: str, where: str = "--webhook-url") -> None:
+    """Raise :class:`kernel_sse.UsageError` unless ``url`` is ``http(s)://host...``;
+    the message names ``where`` the URL came from and never its secret part."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise kernel_sse.UsageError(
+            f"{where} ({redact(url)}) is not a valid URL; give the full http(s):// address of the webhook"
+        ) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise kernel_sse.UsageError(
+            f"{where} ({redact(url)}) is not an http(s) URL with a host; "
+            "give the full address, e.g. https://hooks.example.com/..."
+        )
+
+
 @kernel_sse.hookimpl
 def on_start(context: FollowContext) -> None:
-    """Find the URL (option, then environment) and check it."""
-    global _run
+    """Find the URL (option, then environment) and check it and the numbers, before the first request."""
+    run = context.state_for(_Follow)
     options = context.options
-    url = options.get("webhook_url") or os.environ.get(ENV_URL) or None
-    _run = _Run(url if isinstance(url, str) else None, int(_number(options.get("webhook_lines"), 20)))
-    if _run.url is not None:
-        parts = urllib.parse.urlsplit(_run.url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            _run.url = None
-            raise WebhookError(f"the webhook URL ({redact(parts.geturl())}) is not an http(s) URL")
+    option = options.get("webhook_url")
+    url = option or os.environ.get(ENV_URL) or None
+    if not isinstance(url, str):
+        return
+    check_url(url, "--webhook-url" if option else ENV_URL)
+    timeout = _number(options.get("webhook_timeout"), 10.0)
+    if not timeout > 0:  # also NaN
+        raise kernel_sse.UsageError(f"--webhook-timeout {timeout:g}: give a number of seconds above 0, e.g. 10")
+    for name in ("webhook_retries", "webhook_lines"):
+        if _number(options.get(name), 0) < 0:
+            flag = "--" + name.replace("_", "-")
+            raise kernel_sse.UsageError(f"{flag} {options.get(name)}: give 0 or more")
+    run.logs = deque(maxlen=int(_number(options.get("webhook_lines"), 20)))
+    run.url = url
 
 
 @kernel_sse.hookimpl
-def on_log(event: LogEvent) -> None:
+def on_log(event: LogEvent, context: FollowContext) -> None:
     """Keep the last lines."""
-    _run.log_count += 1
-    if _run.url is not None and _run.logs.maxlen:
-        line = kernel_sse.format_text(event)
+    run = context.state_for(_Follow)
+    run.log_count += 1
+    if run.url is not None and run.logs.maxlen:
+        line = event_text(event)  # never raises; control characters shown as escapes
         if line is not None:
-            _run.logs.append(line)
+            run.logs.append(line)
 
 
 @kernel_sse.hookimpl
-def on_error(event: ErrorEvent) -> None:
+def on_error(event: ErrorEvent, context: FollowContext) -> None:
     """Count error events."""
-    _run.error_count += 1
+    context.state_for(_Follow).error_count += 1
 
 
 def summary(outcome: Outcome, context: FollowContext) -> Dict[str, JSONValue]:
@@ -167,8 +195,9 @@ def summary(outcome: Outcome, context: FollowContext) -> Dict[str, JSONValue]:
         + (f": {reason}" if reason else "")
         + f" after {duration:.1f}s (exit {outcome.exit_code})"
     )
-    if _run.logs:
-        tail = "\n".join(line if len(line) <= _MAX_LINE else line[:_MAX_LINE] + "…" for line in _run.logs)
+    run = context.state_for(_Follow)
+    if run.logs:
+        tail = "\n".join(line if len(line) <= _MAX_LINE else line[:_MAX_LINE] + "…" for line in run.logs)
         text += "\n```\n" + tail.replace("```", "``\u200b`") + "\n```"
     return {
         "text": text,
@@ -182,11 +211,26 @@ def summary(outcome: Outcome, context: FollowContext) -> Dict[str, JSONValue]:
         "duration": round(duration, 3),
         "output": invocation.output if invocation is not None else None,
         "exit_code": outcome.exit_code,
-        "log_count": _run.log_count,
-        "error_count": _run.error_count,
+        "log_count": run.log_count,
+        "error_count": run.error_count,
         "reconnects": context.reconnects,
-        "logs": list(_run.logs),
+        "logs": list(run.logs),
     }
+
+
+def _scrub(text: str, url: str) -> str:
+    """``text`` (an exception's message) without the secret parts of ``url``:
+    some errors quote the path or the user info alone (e.g. http.client's
+    "URL can't contain control characters")."""
+    text = text.replace(url, redact(url))
+    try:
+        parts = urllib.parse.urlsplit(url)
+        pieces = [parts.path, parts.query, parts.fragment, parts.username, parts.password]
+    except ValueError:
+        return text
+    for piece in sorted({piece for piece in pieces if piece and len(piece) > 1}, key=len, reverse=True):
+        text = text.replace(piece, "…")
+    return text
 
 
 def post(url: str, body: bytes, timeout: float, retries: int) -> None:
@@ -214,17 +258,21 @@ def post(url: str, body: bytes, timeout: float, retries: int) -> None:
                 break
         except (OSError, ValueError) as exc:  # URLError, timeouts, resets, bad URLs
             reason = getattr(exc, "reason", None) or exc
-            problem = f"{type(reason).__name__}: {reason}".replace(url, redact(url))
+            problem = _scrub(f"{type(reason).__name__}: {reason}", url)
     raise WebhookError(f"POST to {redact(url)} failed after {tried} attempt{'s' if tried > 1 else ''}: {problem}")
 
 
 @kernel_sse.hookimpl
 def on_finish(outcome: Outcome, context: FollowContext) -> None:
     """POST the summary."""
-    if _run.url is None:
+    run = context.state_for(_Follow)
+    if run.url is None:
         return
-    url, _run.url = _run.url, None
-    body = json.dumps(summary(outcome, context), ensure_ascii=False).encode("utf-8")
+    url, run.url = run.url, None
+    if outcome.status == "usage_error" and context.attempt == 0:
+        return  # the run stopped before its first request (another plugin's options): no follow to report
+    # json_line: lone surrogates as escapes, so the body is valid UTF-8; deep JSON cannot break it.
+    body = json_line(summary(outcome, context)).encode("utf-8")
     options = context.options
     try:
         post(url, body, _number(options.get("webhook_timeout"), 10.0), int(_number(options.get("webhook_retries"), 3)))

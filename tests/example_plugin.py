@@ -15,9 +15,13 @@ from kernel_sse import FollowContext, LogEvent, Outcome
 
 __version__ = "1.0.0"
 
-# Module state, reset in on_start: one process may run many follows.
-_pattern: Optional[Pattern[str]] = None
-_matches: List[str] = []
+
+class Matches:
+    """What this plugin knows about one follow (one process may run several)."""
+
+    def __init__(self) -> None:
+        self.pattern: Optional[Pattern[str]] = None
+        self.lines: List[str] = []
 
 
 @kernel_sse.hookimpl
@@ -26,25 +30,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 @kernel_sse.hookimpl
-def on_start(context: FollowContext) -> None:
-    global _pattern
+def on_start(context: FollowContext) -> None:  # a hook takes any subset of its arguments, by name
     value = context.options.get("match")  # options by dest name, ours included
-    _pattern = re.compile(value) if isinstance(value, str) else None
-    _matches.clear()
+    if not isinstance(value, str):
+        return
+    try:
+        pattern = re.compile(value)
+    except re.error as exc:
+        # Bad options stop the run here, before the first request: exit 2 and this message.
+        raise kernel_sse.UsageError(f"--match '{value}' is not a regular expression ({exc}); fix the pattern")
+    context.state_for(Matches).pattern = pattern  # this follow's own Matches, made on first use
 
 
 @kernel_sse.hookimpl
-def on_log(event: LogEvent) -> None:  # a hook may take any subset of its arguments
-    if _pattern is not None and _pattern.search(event.message):
-        _matches.append(event.message)
+def on_log(event: LogEvent, context: FollowContext) -> None:
+    matches = context.state_for(Matches)
+    if matches.pattern is not None and matches.pattern.search(event.message):
+        matches.lines.append(event.message)
 
 
 @kernel_sse.hookimpl
 def on_finish(outcome: Outcome, context: FollowContext) -> None:
-    if _pattern is not None:
+    matches = context.state_for(Matches)
+    if matches.pattern is not None:
         # Standard output carries the events: diagnostics go to standard error.
         print(
-            f"{len(_matches)} log line(s) of {context.invocation_id} matched "
-            f"{_pattern.pattern!r}; the follow ended: {outcome.status}",
+            f"{len(matches.lines)} log line(s) of {context.invocation_id} matched "
+            f"{matches.pattern.pattern!r}; the follow ended: {outcome.status}",
             file=sys.stderr,
         )

@@ -1,9 +1,9 @@
 """Helpers for the hook and plugin tests: the bundled plugins, scripts, the CLI.
 
-Importing this module makes ``kernel_sse_plugins`` importable in a checkout
-that is not installed (``plugins/`` is only named ``kernel_sse_plugins`` by
-``setup.cfg`` at install time), so the tests run against the bundled plugins
-in both cases, as the installed command does.
+Importing this module makes ``kernel_sse_plugins`` the checkout's own
+``plugins/`` folder (it is only named ``kernel_sse_plugins`` by ``setup.cfg`` at
+install time), even when another copy is installed, so the tests run against
+the plugins next to them; without a ``plugins/`` folder, the installed package.
 """
 
 from __future__ import annotations
@@ -25,16 +25,21 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _bundled_package() -> ModuleType:
-    try:
-        return importlib.import_module("kernel_sse_plugins")
-    except ImportError:
-        pass
     folder = ROOT / "plugins"
+    # A checkout's own plugins/ first: an installed (or editable) kernel_sse_plugins
+    # may be another checkout's, and the tests must exercise the files next to them.
+    if not (folder / "__init__.py").is_file():
+        return importlib.import_module("kernel_sse_plugins")
+    loaded = sys.modules.get("kernel_sse_plugins")
+    if loaded is not None and Path(getattr(loaded, "__file__", "") or "").resolve().parent == folder:
+        return loaded
     spec = importlib.util.spec_from_file_location(
         "kernel_sse_plugins", str(folder / "__init__.py"), submodule_search_locations=[str(folder)]
     )
     assert spec is not None and spec.loader is not None
     package = importlib.util.module_from_spec(spec)
+    for name in [name for name in sys.modules if name.startswith("kernel_sse_plugins.")]:
+        del sys.modules[name]  # another copy's submodules would shadow ours
     sys.modules["kernel_sse_plugins"] = package
     spec.loader.exec_module(package)
     return package
