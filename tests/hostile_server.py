@@ -334,7 +334,8 @@ class Fault:
     ``status`` other than 200: answer that (JSON error body, ``retry_after`` as
     the Retry-After header if given) instead of the stream.  Otherwise send
     the stream, and once ``cut_events`` events (or ``cut_bytes`` body bytes)
-    are out, do ``tail``: ``drop`` (FIN), ``reset`` (RST), ``stall`` (silent
+    are out (or right after the first event whose message or raw data is
+    ``cut_after``), do ``tail``: ``drop`` (FIN), ``reset`` (RST), ``stall`` (silent
     ``stall`` seconds, then drop), ``resume`` (silent ``stall`` seconds, then
     go on), ``trickle`` (an SSE line that never ends, a byte every 50 ms),
     ``hold`` (silent until the client goes).
@@ -344,6 +345,7 @@ class Fault:
     retry_after: Optional[str] = None
     cut_events: Optional[int] = None
     cut_bytes: Optional[int] = None
+    cut_after: Optional[str] = None
     tail: str = "drop"
     stall: float = 0.0
 
@@ -457,6 +459,11 @@ class Realistic:
             cut_at = sum(len(piece) for piece in framed[: fault.cut_events])
         elif fault is not None and fault.cut_bytes is not None:
             cut_at = fault.cut_bytes
+        elif fault is not None and fault.cut_after is not None:
+            for position, event in enumerate(replay):
+                if fault.cut_after in (event.get("message"), event.get("__raw__")):
+                    cut_at = sum(len(piece) for piece in framed[: position + 1])
+                    break
         body = b"".join(framed)
         whole: List[JSONObject] = []
         offset = 0

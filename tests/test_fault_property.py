@@ -90,8 +90,9 @@ def build(case: Case, invocation_id: str) -> Tuple[Realistic, List[str]]:
     late: List[Tuple[int, int, Dict[str, object]]] = []
     if case.late is not None:
         after, earlier = case.late
-        newest = max(case.offsets[:after])
-        late_event = log(stamp(newest - earlier), "late")
+        # never more than 5 s before the newest line the client can have had
+        moment = max(max(case.offsets[:after]) - earlier, max(case.offsets) + 1.0 - 4.9)
+        late_event = log(stamp(moment), "late")
         # stored after the first ``after`` logs (and the duplicate, if it is among them)
         insert_at = 1 + after + (1 if case.duplicate is not None and case.duplicate < after else 0)
         late.append((1, insert_at, late_event))
