@@ -79,6 +79,14 @@ class Result:
     err: str
     elapsed: float
     raw_out: bytes = b""
+    ended: float = 0.0  # time.monotonic() when the process had exited
+
+    def since_first_request(self, server: HostileServer) -> float:
+        """Seconds from the first request the server saw to the exit: the
+        follow's own time, without the interpreter's start-up (slow on a
+        loaded machine); the whole run if no request came."""
+        requests = server.requests
+        return self.ended - requests[0].at if requests else self.elapsed
 
     def jsonl(self) -> List[Dict[str, object]]:
         objs = []
@@ -143,13 +151,14 @@ def run_cli(
         out = (exc.stdout or b"").decode("utf-8", "replace")
         err = (exc.stderr or b"").decode("utf-8", "replace")
         pytest.fail(f"HANG: no exit within {timeout:g}s\n--- stdout\n{out[-2000:]}\n--- stderr\n{err[-2000:]}")
-    elapsed = time.monotonic() - started
+    ended = time.monotonic()
     return Result(
         done.returncode,
         done.stdout.decode("utf-8", "replace"),
         done.stderr.decode("utf-8", "replace"),
-        elapsed,
+        ended - started,
         done.stdout,
+        ended,
     )
 
 
@@ -397,7 +406,8 @@ def test_deadline_holds_whatever_blocks(setup: Setup, case: str) -> None:
         )
     assert_sane(result)
     assert result.code == 4, result.describe()
-    assert result.elapsed < DEADLINE + SLACK, f"exited {result.elapsed - DEADLINE:.2f}s after the deadline"
+    took = result.since_first_request(server)
+    assert took < DEADLINE + SLACK, f"exited {took - DEADLINE:.2f}s after the deadline (first request to exit)"
     assert_finished_once(setup, "deadline", result)
     rerun_healthy(setup, standard_events(setup.invocation_id, LINES), result)
 
@@ -416,7 +426,7 @@ def test_deadline_holds_while_a_plugin_sleeps_in_on_log(setup: Setup) -> None:
                          setup.folder, timeout=DEADLINE + 5)
     assert_sane(result)
     assert result.code == 4, result.describe()
-    assert result.elapsed < DEADLINE + SLACK, result.describe()
+    assert result.since_first_request(server) < DEADLINE + SLACK, result.describe()
     assert_finished_once(setup, "deadline", result)
     rerun_healthy(setup, standard_events(setup.invocation_id, LINES), result)
 
@@ -432,7 +442,7 @@ def test_idle_limit_counts_bytes_that_never_complete_an_event(setup: Setup, chun
                          setup.folder, timeout=12)
     assert_sane(result)
     assert result.code == 4, result.describe()
-    assert result.elapsed < 4.0, result.describe()
+    assert result.since_first_request(server) < 4.0, result.describe()
     assert_finished_once(setup, "gave_up", result)
 
 
@@ -512,7 +522,7 @@ def test_bad_retry_after_never_reaches_exit_70_cli(setup: Setup, value: str) -> 
                          setup.folder, timeout=12)
     assert_sane(result)
     assert result.code in (0, 4), result.describe()
-    assert result.elapsed < 3 + SLACK
+    assert result.since_first_request(server) < 3 + SLACK
     if result.code == 0:
         assert result.logs() == LINES
     assert len(setup.outcomes()) == 1
@@ -828,7 +838,7 @@ def test_since_after_the_end_ends_with_the_status(setup: Setup, status: str, cod
         status_requests = len(server.status_requests)
     assert_sane(result)
     assert result.code == code, result.describe()
-    assert result.elapsed < 6.0, result.describe()
+    assert result.since_first_request(server) < 6.0, result.describe()
     assert status_requests >= 1
 
 
@@ -999,12 +1009,12 @@ def test_state_path_that_is_not_a_regular_file_is_a_quick_usage_error(setup: Set
         except (PermissionError, OSError) as exc:
             pytest.skip(f"cannot make a device node here: {exc}")
     with serve(realistic(setup.invocation_id)) as server:
-        result = run_cli(setup.args("--deadline", "8"), setup.env(server.url), setup.folder, timeout=6,
+        result = run_cli(setup.args("--deadline", "8"), setup.env(server.url), setup.folder, timeout=8,
                          limit_memory=True)
         requests = len(server.requests)
     assert_sane(result)
     assert result.code == 2, result.describe()
-    assert result.elapsed < 3.0
+    assert result.elapsed < 5.0  # no request is made: the whole run, start-up included
     assert requests == 0
     assert str(path) in result.err or path.name in result.err, result.describe()
 
