@@ -34,6 +34,7 @@ from typing import (
     Dict,
     List,
     Mapping,
+    Match,
     NamedTuple,
     Optional,
     Sequence,
@@ -108,6 +109,7 @@ __all__ = [
     # output
     "format_time",
     "visible",
+    "json_line",
     "format_text",
     "format_json",
     "format_result",
@@ -2602,65 +2604,115 @@ def format_time(timestamp: datetime) -> str:
     )
 
 
-# Remote text that must not reach a terminal raw: C0 controls but tab and
-# newline, DEL, C1 controls (an ESC sequence can rewrite the screen or the
-# clipboard), and lone surrogates (legal in JSON, unprintable in UTF-8).
+# Remote text that must not reach a terminal raw: C0 controls but tab (and
+# newline, unless asked), DEL, C1 controls (an ESC sequence can rewrite the
+# screen or the clipboard), and lone surrogates (legal in JSON, unprintable in UTF-8).
 _INVISIBLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
+_INVISIBLE_ONE_LINE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
-def visible(text: str) -> str:
-    """``text`` with control characters (tab and newline aside) and lone
-    surrogates shown as escapes (``\\x1b``, ``\\ud800``), safe for a terminal."""
-    if _INVISIBLE.search(text) is None:
+def _escape(match: Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def visible(text: str, one_line: bool = False) -> str:
+    """``text`` with control characters (tab and newline aside; newline too
+    with ``one_line``) and lone surrogates shown as escapes (ESC becomes the
+    four characters ``\\x1b``), safe to print on a terminal."""
+    pattern = _INVISIBLE_ONE_LINE if one_line else _INVISIBLE
+    if pattern.search(text) is None:  # nearly every line: no copy
         return text
-    return _INVISIBLE.sub(lambda match: match.group().encode("unicode_escape", "backslashreplace").decode("ascii"), text)
+    return pattern.sub(_escape, text)
 
 
 def format_text(event: KernelEvent) -> Optional[str]:
     """Render an event as one human-readable line (None for heartbeats).
 
     The line has no colour; plugins add it.  Remote text is passed through
-    :func:`visible`, so no escape sequence from a log line reaches a terminal.
+    :func:`visible` (newlines included), so an event is always one line and
+    no escape sequence from a log line reaches a terminal.
     """
     if isinstance(event, LogEvent):
-        return f"{format_time(event.timestamp)} {visible(event.message)}"
+        return f"{format_time(event.timestamp)} {visible(event.message, one_line=True)}"
     if isinstance(event, InvocationStateEvent):
         invocation = event.invocation
-        reason = f": {visible(invocation.status_reason)}" if invocation.status_reason else ""
-        return f"{format_time(event.timestamp)} [{visible(invocation.status)}]{reason}"
+        reason = f": {invocation.status_reason}" if invocation.status_reason else ""
+        return f"{format_time(event.timestamp)} " + visible(f"[{invocation.status}]{reason}", one_line=True)
     if isinstance(event, ErrorEvent):
-        return f"{format_time(event.timestamp)} [error] {visible(event.error.code)}: {visible(event.error.message)}"
+        return f"{format_time(event.timestamp)} [error] " + visible(
+            f"{event.error.code}: {event.error.message}", one_line=True
+        )
     if isinstance(event, UnknownEvent):
-        return visible(f"[{event.event}] {_dumps(event.raw, ensure_ascii=False, sort_keys=True)}")
+        return visible(f"[{event.event}] {json_line(event.raw, sort_keys=True)}", one_line=True)
     return None
 
 
 def format_json(event: KernelEvent) -> str:
-    """Render an event as one JSON line: the object the API sent, values as sent.
-
-    Characters UTF-8 cannot carry (lone surrogates) are written as ``\\u``
-    escapes, so the line is always valid UTF-8 and the value exact.
-    """
-    line = _dumps(event.raw, ensure_ascii=False, separators=(",", ":"))
-    if _SURROGATE.search(line) is not None:
-        line = _dumps(event.raw, ensure_ascii=True, separators=(",", ":"))
-    return line
+    """Render an event as one JSON line: the object the API sent, values as sent."""
+    return json_line(event.raw)
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_NON_ASCII = re.compile("[^\x00-\x7f]")
 
 
-def _dumps(obj: object, **options: Any) -> str:
-    """json.dumps, also for JSON nested as deep as the parser accepted."""
+def json_line(value: object, sort_keys: bool = False) -> str:
+    """``value`` as one line of compact JSON that is valid UTF-8 and means
+    exactly ``value``: non-ASCII characters as they are, lone surrogates as
+    ``\\ud800`` escapes, and nesting deeper than the JSON encoder's
+    recursion allows (the parser accepts it) encoded without recursion."""
     try:
-        return json.dumps(obj, **options)
+        line = json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=sort_keys)
     except RecursionError:
-        limit = sys.getrecursionlimit()
-        sys.setrecursionlimit(limit + 20000)
-        try:
-            return json.dumps(obj, **options)
-        finally:
-            sys.setrecursionlimit(limit)
+        line = _dumps_flat(value, sort_keys)
+    # The structure of a JSON text is ASCII: a surrogate can only be inside a
+    # string, where its \u escape denotes the very same character.
+    return _SURROGATE.sub(_escape, line) if _SURROGATE.search(line) else line
+
+
+def _ascii_json(line: str) -> str:
+    """A JSON text with every non-ASCII character as a ``\\u`` escape (the same value)."""
+    return _NON_ASCII.sub(_ascii_escape, line)
+
+
+def _ascii_escape(match: Match[str]) -> str:
+    code = ord(match.group())
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    code -= 0x10000  # a UTF-16 surrogate pair, as JSON writes characters beyond the BMP
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+
+
+def _dumps_flat(value: object, sort_keys: bool) -> str:
+    """json.dumps(value, ensure_ascii=False, separators=(",", ":")) with an
+    explicit stack instead of recursion, for JSON nested too deep for it."""
+    out: List[str] = []
+    # (True, text) is output as is; (False, value) is a value still to encode.
+    todo: List[Tuple[bool, object]] = [(False, value)]
+    while todo:
+        done, item = todo.pop()
+        if done:
+            out.append(str(item))
+        elif isinstance(item, dict):
+            keys = sorted(item) if sort_keys else list(item)
+            pending: List[Tuple[bool, object]] = [(True, "{")]
+            for index, key in enumerate(keys):
+                pending.append((True, ("," if index else "") + json.dumps(str(key), ensure_ascii=False) + ":"))
+                pending.append((False, item[key]))
+            pending.append((True, "}"))
+            todo.extend(reversed(pending))
+        elif isinstance(item, (list, tuple)):
+            pending = [(True, "[")]
+            for index, element in enumerate(item):
+                if index:
+                    pending.append((True, ","))
+                pending.append((False, element))
+            pending.append((True, "]"))
+            todo.extend(reversed(pending))
+        else:  # str, int, float, bool, None: never recursive
+            out.append(json.dumps(item, ensure_ascii=False))
+    return "".join(out)
 
 
 def format_result(invocation: Invocation, elapsed: Optional[float] = None) -> str:
@@ -2669,7 +2721,8 @@ def format_result(invocation: Invocation, elapsed: Optional[float] = None) -> st
         visible(
             f"invocation {invocation.id} ({invocation.app_name} {invocation.action_name} "
             f"v{invocation.version}) {invocation.status}"
-            + (f": {invocation.status_reason}" if invocation.status_reason else "")
+            + (f": {invocation.status_reason}" if invocation.status_reason else ""),
+            one_line=True,
         )
     ]
     if invocation.finished_at is not None:
@@ -2695,7 +2748,7 @@ def print_line(line: str, json_of: Optional[KernelEvent] = None) -> None:
         print(line, flush=True)
     except UnicodeEncodeError:
         if json_of is not None:
-            print(_dumps(json_of.raw, separators=(",", ":")), flush=True)
+            print(_ascii_json(line), flush=True)
         else:
             encoding = getattr(sys.stdout, "encoding", None) or "ascii"
             print(line.encode(encoding, "backslashreplace").decode(encoding), flush=True)
@@ -3540,7 +3593,7 @@ def _marked(output: _BuiltinOutput) -> _BuiltinOutput:
 
 def _say(message: str) -> None:
     """One diagnostic line on stderr, secrets redacted."""
-    print(f"kernel-sse: {visible(_redact(message))}", file=sys.stderr, flush=True)
+    print(f"kernel-sse: {visible(_redact(message), one_line=True)}", file=sys.stderr, flush=True)
 
 
 def _cli_terms(args: argparse.Namespace) -> Dict[str, str]:

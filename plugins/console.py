@@ -64,7 +64,7 @@ from kernel_sse import (
     UnknownEvent,
 )
 
-from ._text import event_text, format_time, visible
+from kernel_sse import format_text as event_text, format_time, visible
 
 __all__ = ["clear_status"]
 
@@ -100,7 +100,7 @@ class _Follow:
     def phase(self) -> str:
         """What the status line shows in brackets."""
         if self.state is not None:
-            return visible(self.state)
+            return visible(self.state, one_line=True)
         return "streaming" if self.streaming else "connecting"
 
 

@@ -39,7 +39,6 @@ from typing import Optional, TextIO
 import kernel_sse
 from kernel_sse import FollowContext, InvocationStateEvent, KernelEvent, Outcome
 
-from ._text import ascii_json, json_line
 
 
 class _Follow:
@@ -99,12 +98,9 @@ def _write(event: KernelEvent, context: FollowContext) -> None:
         run.done = True
     if not run.stdout and run.file is None:
         return
-    line = json_line(event.raw)  # as format_json, but never loses the line
+    line = kernel_sse.format_json(event)  # valid UTF-8 whatever the values, never loses the line
     if run.stdout:
-        try:
-            kernel_sse.print_line(line, event)  # \u escapes where stdout cannot encode
-        except RecursionError:  # that fallback re-encodes the event: too deep for it
-            kernel_sse.print_line(ascii_json(line))
+        kernel_sse.print_line(line, event)  # \u escapes where stdout cannot encode
     if run.file is not None:
         run.file.write(line + "\n")
         run.file.flush()

@@ -60,7 +60,7 @@ from kernel_sse import (
     UnknownEvent,
 )
 
-from ._text import event_text, visible
+from kernel_sse import format_text as event_text, visible
 
 LOGGER_NAME = "kernel_sse.events"
 """The logger the records go to."""

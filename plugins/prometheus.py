@@ -54,7 +54,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import kernel_sse
 from kernel_sse import ErrorEvent, FollowContext, LogEvent, Outcome
 
-from ._text import visible
+from kernel_sse import visible
 
 OUTCOMES = ("succeeded", "failed", "refused", "gave_up", "deadline", "interrupted", "plugin_error")
 """The ``status`` label values ``kernel_sse_invocation_status`` always has."""

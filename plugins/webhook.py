@@ -59,7 +59,7 @@ from typing import Deque, Dict, List, Optional, Union
 import kernel_sse
 from kernel_sse import ErrorEvent, FollowContext, LogEvent, Outcome
 
-from ._text import event_text, json_line
+from kernel_sse import format_text as event_text, json_line
 
 ENV_URL = "KERNEL_SSE_WEBHOOK_URL"
 """The environment variable that gives the default URL."""
