@@ -106,6 +106,13 @@ __all__ = [
     "Checkpoint",
     "Follower",
     "follow",
+    # invocation endpoints
+    "InvokeUncertain",
+    "InvocationsPage",
+    "invoke",
+    "get_invocation",
+    "list_invocations",
+    "cancel_invocation",
     # output
     "format_time",
     "visible",
@@ -169,7 +176,8 @@ PYTHON_TERMS: Dict[str, str] = {
     "backoff_cap": "backoff_cap",
     "reorder_window": "reorder_window",
     "retry_after_cap": "retry_after_cap",
-    "payload": "payload",
+    "payload": "payload (or payload_json)",
+    "timeout": "timeout",
     "version": "version",
 }
 """How an error names each setting in the Python API (see :class:`KernelSSEError`)."""
@@ -1914,7 +1922,7 @@ _ERROR_BODY_LIMIT = 65536
 _URL_SAFE = "/%:@!$&'()*+,;=-._~?"  # what a request target may carry unquoted
 
 
-_STATUS_ERRORS: Dict[int, Callable[[int, str, str], APIStatusError]] = {
+_STATUS_ERRORS: Dict[int, Type[APIStatusError]] = {
     400: BadRequestError,
     401: AuthenticationError,
     403: PermissionDeniedError,
@@ -2434,8 +2442,7 @@ class Follower:
         return body
 
     def _refuse(self, status: int, body: bytes) -> NoReturn:
-        code, message = _error_body(status, body)
-        raise _STATUS_ERRORS.get(status, APIStatusError)(status, code, _redact(message))
+        _raise_refusal(status, body)
 
     def _stream(self, since: Optional[str], watchdog: _Watchdog) -> Iterator[KernelEvent]:
         """One connection: yield new events until the stream ends or stalls."""
@@ -2481,16 +2488,21 @@ class Follower:
         yield from self.state.receive_status(invocation, time.monotonic(), raw)
 
 
+def _raise_refusal(status: int, body: bytes, fix: Optional[str] = None) -> NoReturn:
+    """Raise the error for an answer that retrying cannot fix."""
+    code, message = _error_body(status, body)
+    raise _STATUS_ERRORS.get(status, APIStatusError)(status, code, _redact(message), fix)
+
+
 def _fetch_invocation(endpoint: _Endpoint, invocation_id: str, until: Optional[float]) -> Tuple[Invocation, JSONObject]:
     """``GET /invocations/{id}`` on a connection of its own, bounded by
     ``until`` (monotonic) or the connect timeout: the invocation and its JSON."""
     import urllib.parse
 
     target = f"{endpoint.path_prefix}/invocations/{urllib.parse.quote(invocation_id, safe='')}"
-    status, body = _call(endpoint, "GET", target, None, until)
+    status, _headers, body = _call(endpoint, "GET", target, None, until)
     if status != 200:
-        code, message = _error_body(status, body)
-        raise _STATUS_ERRORS.get(status, APIStatusError)(status, code, _redact(message))
+        _raise_refusal(status, body)
     obj = _json_object(body, "invocation")
     try:
         return _invocation(_Fields(obj, "invocation")), obj
@@ -2509,32 +2521,48 @@ def _json_object(body: bytes, what: str) -> JSONObject:
     return cast(JSONObject, obj)
 
 
+class _Reply(NamedTuple):
+    """One answered request: status, headers (lower-case names), body."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+class _NotSent(_Ended):
+    """Internal: the request certainly did not reach the server (nothing was sent)."""
+
+
 def _call(
     endpoint: _Endpoint, method: str, target: str, body: Optional[bytes], until: Optional[float] = None
-) -> Tuple[int, bytes]:
-    """One JSON request on a fresh connection: (status, body up to 4 MiB),
-    bounded as a whole by ``until`` (monotonic) or the connect timeout."""
+) -> _Reply:
+    """One JSON request on a fresh connection (body read up to 4 MiB), bounded
+    as a whole by ``until`` (monotonic) or the connect timeout.  A failure
+    before any byte of the request left is :class:`_NotSent`; after, :class:`_Ended`."""
     import http.client
 
     now = time.monotonic()
     limit = (until if until is not None else now + _CONNECT_TIMEOUT) - now
     if limit <= 0:
-        raise _Ended("no time left for the request")
+        raise _NotSent("no time left for the request")
     watchdog = _Watchdog()
     origin = (endpoint.scheme, endpoint.host, endpoint.port)
     connection = endpoint.connection(origin, limit)
+    sent = False
     try:
         watchdog.watch(lambda: connection.sock, now + limit)
-        connection.connect()
+        connection.connect()  # DNS, TCP, proxy tunnel, TLS handshake: nothing of the request yet
         headers = endpoint.headers("application/json")
         if body is not None:
             headers["Content-Type"] = "application/json"
+        sent = True
         connection.request(method, target, body=body, headers=headers)
         response = connection.getresponse()
         data = response.read(4 * 1024 * 1024)
-        return response.status, data
+        return _Reply(response.status, {name.lower(): value for name, value in response.getheaders()}, data)
     except (OSError, http.client.HTTPException, ValueError) as exc:
-        raise _Ended(f"{method} {target} failed: {_describe(exc)}") from None
+        failure = _Ended if sent else _NotSent
+        raise failure(f"{method} {target.split('?')[0]} failed: {_describe(exc)}") from None
     finally:
         watchdog.stop()
         connection.close()
@@ -2577,6 +2605,300 @@ def follow(
             max_event_bytes=max_event_bytes,
         )
     )
+
+
+# ======================================================================
+# Invocation endpoints: invoke, status, list, cancel
+# ======================================================================
+
+_INVOKE_MATCH_SKEW = 5.0  # seconds of clock difference allowed when looking for our own invocation
+_INVOKE_SETTLE = 10.0  # seconds an ambiguous POST is given to show up in the list
+
+
+class InvokeUncertain(KernelSSEError):
+    """``POST /invocations`` may have started an invocation, and the list
+    could not prove which one (or whether): it was not sent again, since a
+    second POST would start a second run.  ``since`` is when the request
+    was made; look for it with :func:`list_invocations`."""
+
+    def __init__(self, message: str, app: str, action: str, version: str, since: str) -> None:
+        super().__init__(
+            message,
+            fix=f"check whether it started: kernel-sse list --app {app} --action {action} --version {version} "
+            f"--since {since}, then follow it, or invoke again",
+        )
+        self.app, self.action, self.version, self.since = app, action, version, since
+
+
+@dataclass(frozen=True)
+class InvocationsPage:
+    """One page of ``GET /invocations``: the invocations and where the next page starts."""
+
+    invocations: Tuple[Invocation, ...]
+    raw: Tuple[JSONObject, ...]
+    has_more: bool
+    next_offset: Optional[int]
+
+
+class _Api:
+    """The invocation endpoints of one API: checked settings and bounded, retried requests."""
+
+    def __init__(
+        self,
+        api_key: Optional[str],
+        base_url: Optional[str],
+        project_id: Optional[str],
+        allow_insecure_http: bool,
+        ssl_context: Optional[ssl.SSLContext],
+        timeout: float,
+        max_retries: int,
+    ) -> None:
+        _check_number("timeout", timeout, minimum=0.0, inclusive=False)
+        self.endpoint = _Endpoint(api_key, base_url, project_id, allow_insecure_http, ssl_context)
+        self.timeout = timeout
+        self.max_retries = max_retries
+
+    def path(self, *parts: str, query: Optional[Mapping[str, object]] = None) -> str:
+        import urllib.parse
+
+        path = self.endpoint.path_prefix + "/" + "/".join(urllib.parse.quote(part, safe="") for part in parts)
+        pairs = {name: str(value) for name, value in (query or {}).items() if value is not None}
+        return path + ("?" + urllib.parse.urlencode(pairs) if pairs else "")
+
+    def request(self, method: str, target: str, body: Optional[JSONObject] = None, idempotent: bool = True) -> _Reply:
+        """Send, retrying what is safe to retry: everything for an idempotent
+        request; for one that is not, only what certainly did not reach the
+        server (nothing sent, or 429/503 with ``Retry-After``).  Refusals raise."""
+        import random
+
+        data = None if body is None else json.dumps(body).encode("utf-8")
+        failures = 0
+        while True:
+            retry_after: Optional[float] = None
+            try:
+                reply = _call(self.endpoint, method, target, data, time.monotonic() + self.timeout)
+            except _NotSent as exc:
+                reason = exc.reason
+            except _Ended as exc:
+                if not idempotent:
+                    raise
+                reason = exc.reason
+            else:
+                if reply.status < 300:
+                    return reply
+                if reply.status in (429, 503) and "retry-after" in reply.headers:
+                    retry_after = _parse_retry_after(reply.headers["retry-after"])
+                    reason = f"the API answered {reply.status}"
+                elif reply.status in _RETRYABLE_STATUSES or reply.status >= 500:
+                    if not idempotent:
+                        raise _Ended(f"the API answered {reply.status}")
+                    reason = f"the API answered {reply.status}"
+                else:
+                    return reply  # a refusal: the caller names it in its terms
+            failures += 1
+            if failures > self.max_retries:
+                raise ConnectionFailed(
+                    f"{method} {target.split('?')[0]} failed {failures} times in a row (last: {reason})",
+                    fix="check the network and {base_url}, or raise {max_retries}",
+                )
+            delay = min(retry_after, 30.0) if retry_after is not None else random.uniform(0, min(30.0, 0.5 * 2 ** failures))
+            time.sleep(delay)
+
+
+def _api(
+    api_key: Optional[str] = None,
+    base_url: Optional[str] = None,
+    project_id: Optional[str] = None,
+    allow_insecure_http: bool = False,
+    ssl_context: Optional[ssl.SSLContext] = None,
+    timeout: float = 30.0,
+    max_retries: int = 3,
+) -> _Api:
+    return _Api(api_key, base_url, project_id, allow_insecure_http, ssl_context, timeout, max_retries)
+
+
+def _invocation_from(obj: JSONObject) -> Invocation:
+    try:
+        return _invocation(_Fields(obj, "invocation"))
+    except _Invalid as exc:
+        raise APIStatusError(200, "invalid_invocation", f"the API sent an invocation that is not valid: {exc}",
+                             fix="report it; the API's answer does not match its specification") from None
+
+
+def get_invocation(invocation_id: str, **settings: Any) -> Invocation:
+    """``GET /invocations/{id}``: the invocation as it is now.
+
+    ``settings``: ``api_key``, ``base_url``, ``project_id``,
+    ``allow_insecure_http``, ``ssl_context``, ``timeout`` (seconds per
+    request), ``max_retries`` (as for :func:`follow`).
+    """
+    _check_text("invocation id", invocation_id)
+    api = _api(**settings)
+    reply = api.request("GET", api.path("invocations", invocation_id))
+    if reply.status != 200:
+        _raise_refusal(reply.status, reply.body)
+    return _invocation_from(_api_object(reply.body, "invocation"))
+
+
+def cancel_invocation(invocation_id: str, output: Optional[str] = None, **settings: Any) -> Invocation:
+    """Cancel an invocation (``PATCH /invocations/{id}`` with status ``failed``);
+    return it as it is then.  ``settings`` as for :func:`get_invocation`."""
+    _check_text("invocation id", invocation_id)
+    api = _api(**settings)
+    body: JSONObject = {"status": "failed"}
+    if output is not None:
+        body["output"] = output
+    reply = api.request("PATCH", api.path("invocations", invocation_id), body)
+    if reply.status != 200:
+        _raise_refusal(reply.status, reply.body)
+    return _invocation_from(_api_object(reply.body, "invocation"))
+
+
+def list_invocations(
+    *,
+    app: Optional[str] = None,
+    action: Optional[str] = None,
+    version: Optional[str] = None,
+    status: Optional[str] = None,
+    since: Optional[str] = None,
+    query: Optional[str] = None,
+    limit: Optional[int] = None,
+    offset: int = 0,
+    **settings: Any,
+) -> Iterator[InvocationsPage]:
+    """``GET /invocations``, page by page (offset pagination).
+
+    It stops when ``X-Has-More`` is false, when the next offset is absent or
+    0, or when the server repeats the offset it was asked for; a page saying
+    it has more without saying where raises :class:`APIStatusError`.
+    ``settings`` as for :func:`get_invocation`.
+    """
+    filters = {"app_name": app, "action_name": action, "version": version, "status": status,
+               "since": since, "query": query, "limit": limit}
+    return _list_pages(_api(**settings), filters, offset)
+
+
+def _list_pages(api: _Api, filters: Mapping[str, object], offset: int) -> Iterator[InvocationsPage]:
+    while True:
+        reply = api.request("GET", api.path("invocations", query={**filters, "offset": offset or None}))
+        if reply.status != 200:
+            _raise_refusal(reply.status, reply.body, fix="check the filters ({since} and status)")
+        try:
+            items = json.loads(reply.body.decode("utf-8"))
+        except (ValueError, RecursionError) as exc:
+            raise APIStatusError(200, "invalid_list", f"the API sent a list that is not JSON: {exc}") from None
+        if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+            raise APIStatusError(200, "invalid_list", "the API sent a list that is not a JSON array of objects")
+        has_more = reply.headers.get("x-has-more", "").strip().lower() == "true"
+        text = reply.headers.get("x-next-offset", "").strip()
+        next_offset = int(text) if text.isascii() and text.isdigit() else None
+        if has_more and next_offset is None:
+            raise APIStatusError(200, "invalid_pagination",
+                                 "the API said there are more invocations (X-Has-More: true) but not where they "
+                                 "start (no X-Next-Offset)", fix="report it; narrow the list with filters meanwhile")
+        yield InvocationsPage(tuple(_invocation_from(item) for item in items), tuple(items), has_more, next_offset)
+        if not has_more or not next_offset or next_offset == offset:
+            return
+        offset = next_offset
+
+
+def _api_object(body: bytes, what: str) -> JSONObject:
+    try:
+        return _json_object(body, what)
+    except _Ended as exc:
+        raise APIStatusError(200, "invalid_response", exc.reason) from None
+
+
+def invoke(
+    app: str,
+    action: str,
+    *,
+    version: str,
+    payload: object = None,
+    payload_json: Optional[str] = None,
+    async_timeout: Optional[int] = None,
+    on_request: Optional[Callable[[str], None]] = None,
+    **settings: Any,
+) -> Invocation:
+    """Start ``action`` of ``app`` at ``version`` (``POST /invocations``,
+    asynchronously) and return the new invocation; follow it with
+    :func:`follow` (its ``id``).
+
+    ``payload`` is the action's input as a Python value (sent as the JSON
+    string the API expects); ``payload_json`` gives that JSON text instead.
+    Exactly once: the POST is never sent twice blindly.  It is retried only
+    when it certainly did not reach the server (nothing sent, or 429/503 with
+    ``Retry-After``); when it may have (a timeout or a broken connection after
+    sending, a 5xx), the invocation it started is looked up in the list (same
+    app, action, version and payload, started since just before the POST);
+    if none or several match, :class:`InvokeUncertain` is raised.
+    ``on_request`` is called with the RFC 3339 time just before the POST
+    (a state file records it).  ``settings`` as for :func:`get_invocation`.
+    """
+    for name, value in (("app", app), ("action", action), ("version", version)):
+        if not value:
+            raise ConfigurationError(f"the {name} is empty", fix="give it" if name != "version" else "give {version}")
+        _check_text(name, value)
+    if payload_json is not None:
+        try:
+            json.loads(payload_json)
+        except (ValueError, RecursionError) as exc:
+            raise ConfigurationError(f"the payload is not valid JSON: {exc}", fix="check {payload}") from None
+        payload_text: Optional[str] = payload_json
+    else:
+        payload_text = None if payload is None else json.dumps(payload)
+    body: JSONObject = {"app_name": app, "action_name": action, "version": version, "async": True}
+    if payload_text is not None:
+        body["payload"] = payload_text
+    if async_timeout is not None:
+        body["async_timeout_seconds"] = async_timeout
+    api = _api(**settings)
+    requested_at = _format_since(datetime.now(timezone.utc) - _timedelta(_INVOKE_MATCH_SKEW))
+    if on_request is not None:
+        on_request(requested_at)
+    try:
+        reply = api.request("POST", api.path("invocations"), body, idempotent=False)
+    except _Ended as exc:
+        return _find_own_invocation(api, app, action, version, payload_text, requested_at, exc.reason)
+    if reply.status not in (200, 201, 202):
+        _raise_refusal(reply.status, reply.body,
+                       fix="check the app name, the action and {version} (kernel-sse list shows what ran before)")
+    created = _api_object(reply.body, "invocation")
+    new_id = created.get("id")
+    if not isinstance(new_id, str) or not new_id:
+        raise APIStatusError(reply.status, "invalid_response", "the API started an invocation but sent no id")
+    try:
+        return get_invocation(new_id, **settings)
+    except KernelSSEError:  # it exists; describe it from what we know
+        return Invocation(new_id, app, version, action, datetime.now(timezone.utc),
+                          str(created.get("status") or "queued"), payload_text)
+
+
+def _find_own_invocation(
+    api: _Api, app: str, action: str, version: str, payload: Optional[str], since: str, reason: str
+) -> Invocation:
+    """After a POST that may have reached the server: the one invocation it
+    started, proven by the list, or InvokeUncertain."""
+    settle_until = time.monotonic() + _INVOKE_SETTLE
+    while True:
+        matches = [
+            invocation
+            for page in _pages(api, app, action, version, since)
+            for invocation in page.invocations
+            if invocation.payload == payload
+        ]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1 or time.monotonic() >= settle_until:
+            found = "several invocations match" if matches else "none is listed"
+            raise InvokeUncertain(
+                f"the request to start {app} {action} v{version} may have reached the API ({reason}) and {found}; "
+                "it was not sent again, so as not to start it twice", app, action, version, since)
+        time.sleep(1.0)
+
+
+def _pages(api: _Api, app: str, action: str, version: str, since: str) -> Iterator[InvocationsPage]:
+    return _list_pages(api, {"app_name": app, "action_name": action, "version": version, "since": since}, 0)
 
 
 # ======================================================================
@@ -3496,6 +3818,37 @@ def _build_parser() -> Tuple[argparse.ArgumentParser, List[argparse.ArgumentPars
                                help="start at this RFC 3339 time (with a zone: ...Z or +01:00) or this long ago "
                                "(5m, 1h30m, 2d)")
     _add_follow_options(follow_parser)
+    invoke_parser = commands.add_parser(
+        "invoke", help="start an action and follow it to its outcome", epilog=_epilog(), formatter_class=formatter
+    )
+    invoke_parser.add_argument("app", metavar="APP")
+    invoke_parser.add_argument("action", metavar="ACTION")
+    invoke_parser.add_argument("--version", dest="app_version", required=True, metavar="VERSION",
+                               help="the app version to run (required)")
+    payload = invoke_parser.add_mutually_exclusive_group()
+    payload.add_argument("--payload", metavar="JSON", help="the action's input, a JSON document")
+    payload.add_argument("--payload-file", metavar="PATH", help="read the JSON input from PATH (- for standard input)")
+    invoke_parser.add_argument("--async-timeout", type=_count("--async-timeout"), metavar="SECONDS",
+                               help="how long the invocation may run, 10 to 3600 (the API's default: 900)")
+    invoke_parser.add_argument("--cancel-on-exit", action="store_true",
+                               help="if this run ends before the invocation does (deadline, signal, gave up), cancel it")
+    _add_api_options(invoke_parser)
+    _add_follow_options(invoke_parser)
+    status_parser = commands.add_parser(
+        "status", help="show an invocation's status (exit 0 succeeded, 1 failed, 6 queued or running)"
+    )
+    status_parser.add_argument("invocation_id", metavar="INVOCATION_ID")
+    status_parser.add_argument("--format", choices=("text", "jsonl"), default="text")
+    _add_api_options(status_parser)
+    list_parser = commands.add_parser("list", help="list invocations, newest first")
+    for flag, dest, what in (("--app", "app", "app name"), ("--action", "action", "action name"),
+                             ("--version", "app_version", "app version")):
+        list_parser.add_argument(flag, dest=dest, metavar=dest.upper(), help=f"only this {what}")
+    list_parser.add_argument("--status", choices=("queued", "running", "succeeded", "failed"))
+    list_parser.add_argument("--since", help="started since this RFC 3339 time or this long ago (5m, 2h, 1d)")
+    list_parser.add_argument("--limit", type=_count("--limit"), metavar="N", help="at most N invocations")
+    list_parser.add_argument("--format", choices=("text", "jsonl"), default="text")
+    _add_api_options(list_parser)
     demo_parser = commands.add_parser(
         "demo", help="follow a demo invocation on a local emulator (offline)", formatter_class=formatter
     )
@@ -3506,7 +3859,7 @@ def _build_parser() -> Tuple[argparse.ArgumentParser, List[argparse.ArgumentPars
     plugins_parser.add_argument("--json", action="store_true", help="as a JSON list")
     plugins_parser.add_argument("-p", dest="plugins", action="append", default=[], metavar="PLUGIN",
                                 help="also load this plugin; -p no:NAME blocks one")
-    return parser, [follow_parser, demo_parser]
+    return parser, [follow_parser, invoke_parser, demo_parser]
 
 
 def _parse_args(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
@@ -3672,9 +4025,13 @@ class _StateFile:
     refused with a usage error before anything else happens.
     """
 
-    def __init__(self, path: str, invocation_id: str) -> None:
+    def __init__(self, path: str, invocation_id: Optional[str], action: Optional[Dict[str, str]] = None) -> None:
         self.path = path
         self.invocation_id = invocation_id
+        # For ``invoke``: the app, action and version this state file starts,
+        # and when a request to start it was last about to be sent.
+        self.action = action
+        self.requested_at: Optional[str] = None
         self._lock_fd: Optional[int] = None
         self.finished_status: Optional[str] = None
         self.recorded_at: Optional[str] = None
@@ -3749,7 +4106,9 @@ class _StateFile:
             obj = json.loads(data.decode("utf-8"))
             if not isinstance(obj, dict) or obj.get("kind") != _STATE_KIND:
                 raise ValueError("not a kernel-sse state file")
-            if obj.get("invocation_id") != self.invocation_id:
+            if self.action is not None:
+                self._load_invoke(obj)
+            elif obj.get("invocation_id") != self.invocation_id:
                 raise UsageError(
                     f"the state file '{self.path}' belongs to invocation {obj.get('invocation_id')!r}, "
                     f"not '{self.invocation_id}': use another --state-file"
@@ -3766,6 +4125,24 @@ class _StateFile:
                 f"the state file '{self.path}' is corrupt or not kernel-sse's ({exc}); move it away to start over"
             ) from None
 
+    def _load_invoke(self, obj: Dict[str, Any]) -> None:
+        """An ``invoke`` state file: it must start the same action; it may hold the id."""
+        assert self.action is not None
+        recorded = obj.get("invoke")
+        if not isinstance(recorded, dict):
+            raise UsageError(f"the state file '{self.path}' was written by 'follow', not 'invoke': "
+                             "use another --state-file")
+        if any(recorded.get(name) != value for name, value in self.action.items()):
+            mine = " ".join(self.action.values())
+            theirs = " ".join(str(recorded.get(name)) for name in self.action)
+            raise UsageError(f"the state file '{self.path}' starts {theirs}, not {mine}: use another --state-file")
+        invocation_id, requested_at = obj.get("invocation_id"), recorded.get("requested_at")
+        if invocation_id is not None and not isinstance(invocation_id, str):
+            raise ValueError("bad invocation_id")
+        if requested_at is not None:
+            parse_timestamp(requested_at)
+        self.invocation_id, self.requested_at = invocation_id, requested_at
+
     def save(self, checkpoint: Checkpoint, finished_status: Optional[str]) -> None:
         """Write atomically: a new temp file (never through a link), fsync, rename, fsync the folder."""
         import tempfile
@@ -3774,6 +4151,7 @@ class _StateFile:
             "kind": _STATE_KIND,
             "version": 2,
             "invocation_id": self.invocation_id,
+            "invoke": None if self.action is None else {**self.action, "requested_at": self.requested_at},
             "checkpoint": checkpoint.to_json(),
             "finished_status": finished_status,
             "recorded_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if finished_status else None,
@@ -3831,6 +4209,7 @@ class _Run:
         self.args = args
         self.started = started
         self.terms = _cli_terms(args)
+        self.outcome: Optional[Outcome] = None
 
     def deadline_left(self) -> Optional[float]:
         """Seconds of --deadline left (counted from the start of the program)."""
@@ -3855,26 +4234,196 @@ def _run_follow(run: _Run, hooks: Hooks, api_key: str, base_url: Optional[str]) 
     try:
         checkpoint = state.load() if state is not None else None
         if state is not None and state.finished_status is not None:
-            # Reported by an earlier run: say so once, and do not alert again.
-            when = f" at {state.recorded_at}" if state.recorded_at else ""
-            _say(f"invocation {args.invocation_id} already {state.finished_status} (recorded{when} in "
-                 f"'{state.path}'); nothing new to report")
-            return EXIT_REMEMBERED_SUCCEEDED if state.finished_status == "succeeded" else EXIT_REMEMBERED_FAILED
-        follower = Follower(
-            args.invocation_id,
-            api_key=api_key,
-            base_url=base_url,
-            since=_since(getattr(args, "since", None)),
-            checkpoint=checkpoint,
-            idle_timeout=args.idle_timeout,
-            deadline=run.deadline_left(),
-            max_retries=args.max_retries,
-            allow_insecure_http=bool(getattr(args, "allow_insecure_http", False)),
-        )
-        return _drive(run, follower, hooks, state)
+            return _remembered(args.invocation_id, state)
+        return _follow_to_the_end(run, hooks, api_key, base_url, state, checkpoint, _since(getattr(args, "since", None)))
     finally:
         if state is not None:
             state.unlock()
+
+
+def _remembered(invocation_id: Optional[str], state: _StateFile) -> int:
+    """Reported by an earlier run: say so once, and do not alert again."""
+    when = f" at {state.recorded_at}" if state.recorded_at else ""
+    _say(f"invocation {invocation_id} already {state.finished_status} (recorded{when} in "
+         f"'{state.path}'); nothing new to report")
+    return EXIT_REMEMBERED_SUCCEEDED if state.finished_status == "succeeded" else EXIT_REMEMBERED_FAILED
+
+
+def _follow_to_the_end(
+    run: _Run, hooks: Hooks, api_key: str, base_url: Optional[str], state: Optional[_StateFile],
+    checkpoint: Optional[Checkpoint], since: Optional[str],
+) -> int:
+    args = run.args
+    follower = Follower(
+        args.invocation_id,
+        api_key=api_key,
+        base_url=base_url,
+        since=since,
+        checkpoint=checkpoint,
+        idle_timeout=args.idle_timeout,
+        deadline=run.deadline_left(),
+        max_retries=args.max_retries,
+        allow_insecure_http=bool(getattr(args, "allow_insecure_http", False)),
+    )
+    return _drive(run, follower, hooks, state)
+
+
+def _payload(args: argparse.Namespace) -> Optional[str]:
+    """The --payload or --payload-file text, checked to be JSON (before any request)."""
+    if args.payload_file is not None:
+        source = "--payload-file " + args.payload_file
+        try:
+            if args.payload_file == "-":
+                text = sys.stdin.read()
+            else:
+                with open(args.payload_file, encoding="utf-8") as handle:
+                    text = handle.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
+            raise UsageError(f"cannot read {source}: {reason}") from None
+    elif args.payload is not None:
+        source, text = "--payload", args.payload
+    else:
+        return None
+    try:
+        json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise UsageError(f"{source} is not valid JSON: {exc}") from None
+    return text
+
+
+def _run_invoke(run: _Run, hooks: Hooks, api_key: str, base_url: Optional[str]) -> int:
+    """``kernel-sse invoke``: start the action once, then follow it like ``follow``.
+
+    With ``--state-file``, the run records "about to invoke" (with the time)
+    before the request and the new id right after, so a rerun follows that
+    invocation instead of starting another; a rerun that finds only "about
+    to invoke" looks the invocation up in the list before starting one.
+    """
+    args = run.args
+    payload = _payload(args)
+    if args.async_timeout is not None and not 10 <= args.async_timeout <= 3600:
+        raise UsageError(f"--async-timeout {args.async_timeout} is out of range: give 10 to 3600 seconds")
+    action = {"app": args.app, "action": args.action, "version": args.app_version}
+    state = _StateFile(args.state_file, None, action) if args.state_file else None
+    if state is not None:
+        state.lock()
+    try:
+        checkpoint = state.load() if state is not None else None
+        if state is not None and state.finished_status is not None:
+            return _remembered(state.invocation_id, state)
+        settings: Dict[str, Any] = dict(api_key=api_key, base_url=base_url, max_retries=args.max_retries,
+                                        allow_insecure_http=bool(args.allow_insecure_http))
+        invocation_id = state.invocation_id if state is not None else None
+        if invocation_id is None:
+            invocation_id = _start_once(run, state, payload, settings)
+        args.invocation_id = invocation_id
+        code = _follow_to_the_end(run, hooks, api_key, base_url, state, checkpoint, None)
+        if args.cancel_on_exit and run.outcome is not None and run.outcome.status not in TERMINAL_STATUSES:
+            try:
+                cancel_invocation(invocation_id, **{**settings, "max_retries": 1, "timeout": 10.0})
+                _say(f"cancelled invocation {invocation_id} (--cancel-on-exit)")
+            except KernelSSEError as exc:
+                _say(f"could not cancel invocation {invocation_id} (--cancel-on-exit): {run.message(exc)}")
+        return code
+    finally:
+        if state is not None:
+            state.unlock()
+
+
+def _start_once(run: _Run, state: Optional[_StateFile], payload: Optional[str], settings: Dict[str, Any]) -> str:
+    """Start the invocation (or find the one an earlier run started); record its id; return it."""
+    args = run.args
+    api = _api(**settings)
+    invocation: Optional[Invocation] = None
+    if state is not None and state.requested_at is not None:
+        # An earlier run was about to start it and stopped before it knew the id.
+        wait = _INVOKE_SETTLE - (datetime.now(timezone.utc) - parse_timestamp(state.requested_at)).total_seconds()
+        if wait > 0:
+            time.sleep(min(wait, run.deadline_left() or wait))
+        matches = [inv for page in _pages(api, args.app, args.action, args.app_version, state.requested_at)
+                   for inv in page.invocations if inv.payload == payload]
+        if len(matches) > 1:
+            raise InvokeUncertain(
+                f"an earlier run with this state file may have started {args.app} {args.action} "
+                f"v{args.app_version}, and several invocations match", args.app, args.action, args.app_version,
+                state.requested_at)
+        if matches:
+            invocation = matches[0]
+            _say(f"found invocation {invocation.id}, started by an earlier run with this state file")
+
+    def record(requested_at: str) -> None:
+        if state is not None:
+            state.requested_at = requested_at
+            state.save(Checkpoint(), None)
+
+    if invocation is None:
+        invocation = invoke(args.app, args.action, version=args.app_version, payload_json=payload,
+                            async_timeout=args.async_timeout, on_request=record, **settings)
+        _say(f"started invocation {invocation.id} ({args.app} {args.action} v{args.app_version}); "
+             f"follow it with: kernel-sse follow {invocation.id}")
+    if state is not None:
+        state.invocation_id = invocation.id
+        state.save(Checkpoint(), None)
+    return invocation.id
+
+
+def _run_status(run: _Run, api_key: str) -> int:
+    """``kernel-sse status ID``: one request; the exit status says the invocation's."""
+    args = run.args
+    api = _api(api_key=api_key, base_url=args.base_url, allow_insecure_http=bool(args.allow_insecure_http))
+    reply = api.request("GET", api.path("invocations", args.invocation_id))
+    if reply.status != 200:
+        _raise_refusal(reply.status, reply.body)
+    obj = _api_object(reply.body, "invocation")
+    invocation = _invocation_from(obj)
+    if args.format == "jsonl":
+        print_line(json_line(obj))
+    else:
+        print_line(_invocation_row(invocation))
+    if invocation.status in TERMINAL_STATUSES:
+        return _exit_for_status(invocation.status)
+    return EXIT_NOT_FINISHED
+
+
+def _invocation_row(invocation: Invocation, widths: Sequence[int] = ()) -> str:
+    """id, app, action, status, started, duration: one aligned text line."""
+    if invocation.finished_at is not None:
+        took = f"{(invocation.finished_at - invocation.started_at).total_seconds():.1f}s"
+    else:
+        took = "-"
+    cells = [invocation.id, invocation.app_name, f"{invocation.action_name} v{invocation.version}",
+             invocation.status, format_time(invocation.started_at), took]
+    padded = [cell.ljust(width) for cell, width in zip(cells, list(widths) + [0] * len(cells))]
+    return visible("  ".join(padded).rstrip(), one_line=True)
+
+
+def _run_list(run: _Run, api_key: str) -> int:
+    """``kernel-sse list``: every page, as aligned text lines or JSON lines."""
+    args = run.args
+    since = _since(args.since)
+    limit = args.limit
+    pages = list_invocations(app=args.app, action=args.action, version=args.app_version, status=args.status,
+                             since=since, limit=None if limit is None else min(limit, 100), api_key=api_key,
+                             base_url=args.base_url, allow_insecure_http=bool(args.allow_insecure_http))
+    rows: List[Invocation] = []
+    for page in pages:
+        for invocation, obj in zip(page.invocations, page.raw):
+            if limit is not None and len(rows) >= limit:
+                break
+            rows.append(invocation)
+            if args.format == "jsonl":
+                print_line(json_line(obj))
+        if limit is not None and len(rows) >= limit:
+            break
+    if args.format == "text":
+        cells = [_invocation_row(invocation).split("  ") for invocation in rows]
+        widths = [max((len(row[index]) for row in cells if index < len(row)), default=0) for index in range(6)]
+        for invocation in rows:
+            print_line(_invocation_row(invocation, widths))
+        if not rows:
+            _say("no invocation matches")
+    return EXIT_SUCCEEDED
 
 
 def _drive(run: _Run, follower: Follower, hooks: Hooks, state: Optional[_StateFile]) -> int:
@@ -3970,6 +4519,7 @@ def _drive(run: _Run, follower: Follower, hooks: Hooks, state: Optional[_StateFi
             return EXIT_PLUGIN_ERROR
         except KeyboardInterrupt:
             pass  # the user insists: the state is saved, stop here
+    run.outcome = outcome
     if failure is not None and args.verbose and outcome.exit_code != EXIT_INTERNAL:
         traceback.print_exception(type(failure), failure, failure.__traceback__)
     if outcome.message is not None:
@@ -4039,11 +4589,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         hooks = _hooks_for(plugins, args)
         if args.command == "demo":
             return _run_demo(run, hooks)
+        if args.command == "status":
+            return _run_status(run, _read_api_key(args))
+        if args.command == "list":
+            return _run_list(run, _read_api_key(args))
+        if args.command == "invoke":
+            return _run_invoke(run, hooks, _read_api_key(args), args.base_url)
         _since(args.since)
         return _run_follow(run, hooks, _read_api_key(args), args.base_url)
     except _Locked as exc:
         _say(str(exc))
         return EXIT_LOCKED
+    except APIStatusError as exc:
+        if verbose:
+            traceback.print_exc()
+        _say(describe_error(exc, _cli_terms(args) if args is not None else PYTHON_TERMS))
+        return EXIT_REFUSED
+    except (ConnectionFailed, InvokeUncertain, DeadlineExceeded, StreamTimeout) as exc:
+        if verbose:
+            traceback.print_exc()
+        _say(describe_error(exc, _cli_terms(args) if args is not None else PYTHON_TERMS))
+        return EXIT_GAVE_UP
     except (UsageError, ConfigurationError, PluginError, PluginFailed) as exc:
         if verbose:
             traceback.print_exc()
