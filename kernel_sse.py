@@ -130,6 +130,7 @@ __all__ = [
     "Hooks",
     "PluginSet",
     "PluginInfo",
+    "run_follow",
     # hookimpl and hookspec are public too, but left out of __all__ so that
     # ``from kernel_sse import *`` never needs pluggy.
     # command line
@@ -3082,6 +3083,49 @@ def print_line(line: str, json_of: Optional[KernelEvent] = None) -> None:
 
 
 
+EXIT_SUCCEEDED = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_REFUSED = 3
+EXIT_GAVE_UP = 4
+EXIT_PLUGIN_ERROR = 5
+EXIT_NOT_FINISHED = 6
+EXIT_REMEMBERED_SUCCEEDED = 10
+EXIT_REMEMBERED_FAILED = 11
+EXIT_INTERNAL = 70
+EXIT_LOCKED = 75
+EXIT_SIGHUP = 129
+EXIT_SIGINT = 130
+EXIT_SIGPIPE = 141
+EXIT_SIGTERM = 143
+
+EXIT_CODES: Tuple[Tuple[int, str], ...] = (
+    (EXIT_SUCCEEDED, "the invocation succeeded"),
+    (EXIT_FAILED, "the invocation failed"),
+    (EXIT_USAGE, "usage or configuration error (bad option, no API key, bad state file)"),
+    (EXIT_REFUSED, "the API refused and retrying cannot help (400, 401, 403, 404)"),
+    (EXIT_GAVE_UP, "gave up: retries exhausted, idle too often, or the deadline passed"),
+    (EXIT_PLUGIN_ERROR, "a plugin failed (the invocation itself succeeded)"),
+    (EXIT_NOT_FINISHED, "status: the invocation is queued or running"),
+    (EXIT_REMEMBERED_SUCCEEDED, "the state file says it already succeeded (reported by an earlier run)"),
+    (EXIT_REMEMBERED_FAILED, "the state file says it already failed (reported by an earlier run)"),
+    (EXIT_INTERNAL, "internal error (a bug; state saved first)"),
+    (EXIT_LOCKED, "another run holds the state file's lock"),
+    (EXIT_SIGHUP, "hung up (SIGHUP; state saved first)"),
+    (EXIT_SIGINT, "interrupted (SIGINT, Ctrl-C; state saved first)"),
+    (EXIT_SIGPIPE, "the reader of standard output went away (state saved first)"),
+    (EXIT_SIGTERM, "terminated (SIGTERM; state saved first)"),
+)
+"""Every exit status of the command line and its meaning (``--help`` and the README list these)."""
+
+
+_SAVE_EVERY = 1.0  # seconds between checkpoint saves while following
+
+
+def _exit_for_status(status: str) -> int:
+    return EXIT_SUCCEEDED if status == "succeeded" else EXIT_FAILED
+
+
 @dataclass(frozen=True)
 class Outcome:
     """How a follow ended, as the ``on_finish`` hook and the exit code see it.
@@ -3275,6 +3319,15 @@ class _Impl(NamedTuple):
     argnames: Tuple[str, ...]
 
 
+class _Signalled(KeyboardInterrupt):
+    """Internal: SIGTERM or SIGHUP arrived; unwinds the follow like Ctrl-C."""
+
+    def __init__(self, exit_code: int, name: str) -> None:
+        super().__init__(name)
+        self.exit_code = exit_code
+        self.name = name
+
+
 class _OutOfTime(KeyboardInterrupt):
     """Internal: the deadline passed while a plugin hook ran (raised by the
     command line's alarm, only inside a hook call); ends the follow like Ctrl-C."""
@@ -3361,6 +3414,137 @@ class Hooks:
     def on_finish(self, outcome: Outcome, context: FollowContext) -> None:
         """The follow is over."""
         self._call("on_finish", outcome=outcome, context=context)
+
+
+def _follow_through_hooks(
+    follower: Follower,
+    hooks: Hooks,
+    context: FollowContext,
+    save: Optional[Callable[[Checkpoint, Optional[str]], None]] = None,
+    describe: Callable[[BaseException], str] = str,
+    finishing: Callable[[], None] = lambda: None,
+) -> Tuple[Outcome, Optional[BaseException]]:
+    """Follow to the end, hand every event to the hooks, and map how it ended
+    to an :class:`Outcome` (and the error behind it).
+
+    Every ending goes through the same tail: the checkpoint is saved (when
+    ``save`` is given), then ``on_finish`` runs.  A plugin's failure is
+    isolated and counted; an event whose hooks were interrupted is not
+    counted as delivered, so a resume hands it over again.
+    """
+    import traceback
+
+    saved_at = time.monotonic()
+    outcome: Outcome
+    failure: Optional[BaseException] = None
+    try:
+        hooks.on_start(context)
+        for event in follower:
+            try:
+                hooks.on_event(event, context)
+            except BaseException:
+                follower.state.undeliver_last()
+                raise
+            if save is not None and time.monotonic() - saved_at >= _SAVE_EVERY:
+                save(follower.checkpoint, None)
+                saved_at = time.monotonic()
+        invocation = follower.invocation
+        assert invocation is not None and invocation.is_terminal
+        if save is not None:
+            save(follower.checkpoint, invocation.status)
+        hooks.on_terminal(invocation, context)
+        outcome = Outcome(invocation.status, _exit_for_status(invocation.status), invocation)
+    except APIStatusError as exc:
+        failure, outcome = exc, Outcome("refused", EXIT_REFUSED, follower.invocation, describe(exc))
+    except (DeadlineExceeded, _OutOfTime) as exc:
+        failure = exc
+        if isinstance(exc, _OutOfTime):
+            exc = DeadlineExceeded(f"the deadline of {follower.deadline:g}s passed (inside a plugin hook) before the "
+                                   "invocation finished", fix="raise {deadline}, or resume later from the {checkpoint}")
+        outcome = Outcome("deadline", EXIT_GAVE_UP, follower.invocation, describe(exc))
+    except (ConnectionFailed, StreamTimeout) as exc:
+        failure, outcome = exc, Outcome("gave_up", EXIT_GAVE_UP, follower.invocation, describe(exc))
+    except PluginFailed as exc:
+        failure, outcome = exc, Outcome("plugin_error", EXIT_PLUGIN_ERROR, follower.invocation, describe(exc))
+    except UsageError as exc:  # a plugin refused its options, or the state could not be saved
+        failure, outcome = exc, Outcome("usage_error", EXIT_USAGE, follower.invocation, describe(exc))
+    except BrokenPipeError as exc:
+        failure, outcome = exc, Outcome("interrupted", EXIT_SIGPIPE, follower.invocation, None)
+    except _Signalled as exc:
+        failure, outcome = exc, Outcome("interrupted", exc.exit_code, follower.invocation, f"stopped by {exc.name}")
+    except KeyboardInterrupt as exc:
+        failure, outcome = exc, Outcome("interrupted", EXIT_SIGINT, follower.invocation, "interrupted (SIGINT)")
+    except Exception as exc:  # a bug: report it, but save the state and run on_finish first
+        failure = exc
+        outcome = Outcome("internal_error", EXIT_INTERNAL, follower.invocation,
+                          f"internal error ({_describe(exc)}); please report it with the traceback above")
+        traceback.print_exc()
+    finally:
+        follower.close()
+    if save is not None and outcome.status not in TERMINAL_STATUSES:
+        try:
+            save(follower.checkpoint, None)
+        except UsageError as exc:
+            outcome = Outcome("usage_error", EXIT_USAGE, follower.invocation, describe(exc))
+        except KeyboardInterrupt:
+            pass  # a second signal while saving: the previous file is still whole
+    finishing()
+    try:
+        hooks.on_finish(outcome, context)
+    except PluginFailed as exc:
+        outcome = Outcome("plugin_error", EXIT_PLUGIN_ERROR, outcome.invocation,
+                          (outcome.message + "; " if outcome.message else "") + describe(exc))
+    except KeyboardInterrupt:
+        pass  # the user insists: the state is saved, stop here
+    if outcome.exit_code == EXIT_SUCCEEDED and hooks.failures:
+        outcome = Outcome("plugin_error", EXIT_PLUGIN_ERROR, outcome.invocation, outcome.message)
+    return outcome, failure
+
+
+def run_follow(
+    follower: Follower,
+    plugins: Sequence[object] = (),
+    *,
+    options: Optional[Mapping[str, object]] = None,
+    strict_plugins: bool = False,
+    save: Optional[Callable[[Checkpoint, Optional[str]], None]] = None,
+) -> Outcome:
+    """Follow to the end through plugin hooks, as the command line does, and
+    return how it ended.
+
+    ``plugins`` are plugin objects: modules or instances whose methods are
+    named after hooks (marked with ``kernel_sse.hookimpl`` or not), e.g. the
+    bundled ``kernel_sse_plugins.console``.  Each one's failure is isolated
+    and reported once; ``strict_plugins`` stops at the first.  ``options``
+    are what hooks see as ``context.options`` (the bundled plugins read
+    their command-line options there, e.g. ``{"jsonl_file": "out.jsonl"}``).
+    ``save(checkpoint, finished_status)`` is called about once a second and
+    at the end.  Exit codes and signals stay with the caller: Ctrl-C ends the
+    follow with outcome ``interrupted`` (``on_finish`` runs), then is raised again.
+    """
+    hooks = _plugin_hooks(plugins, strict_plugins)
+    context = FollowContext(follower, dict(options or {}))
+    outcome, failure = _follow_through_hooks(follower, hooks, context, save)
+    if isinstance(failure, KeyboardInterrupt) and not isinstance(failure, _OutOfTime):
+        raise failure
+    return outcome
+
+
+def _plugin_hooks(plugins: Sequence[object], strict: bool) -> Hooks:
+    """Hooks over plugin objects, with pluggy's validation where it is installed."""
+    names = [getattr(plugin, "__name__", None) or type(plugin).__name__ for plugin in plugins]
+    names = [name if names.count(name) == 1 else f"{name}-{index}" for index, name in enumerate(names)]
+    try:
+        plugin_set = PluginSet()
+    except PluginError:
+        impls: Dict[str, List[_Impl]] = {}
+        for plugin, name in zip(plugins, names):
+            for hook, found in _impls_of(plugin, name).items():
+                impls.setdefault(hook, []).extend(found)
+        return Hooks(impls, strict=strict)
+    for plugin, name in zip(plugins, names):
+        plugin_set.register(plugin, name, "api")
+    return plugin_set.hooks(strict=strict)
 
 
 def _impls_of(obj: object, plugin: str) -> Dict[str, List[_Impl]]:
@@ -3544,54 +3728,10 @@ def _entry_points(group: str) -> List[Any]:
 # Command line
 # ======================================================================
 
-EXIT_SUCCEEDED = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_REFUSED = 3
-EXIT_GAVE_UP = 4
-EXIT_PLUGIN_ERROR = 5
-EXIT_NOT_FINISHED = 6
-EXIT_REMEMBERED_SUCCEEDED = 10
-EXIT_REMEMBERED_FAILED = 11
-EXIT_INTERNAL = 70
-EXIT_LOCKED = 75
-EXIT_SIGHUP = 129
-EXIT_SIGINT = 130
-EXIT_SIGPIPE = 141
-EXIT_SIGTERM = 143
-
-EXIT_CODES: Tuple[Tuple[int, str], ...] = (
-    (EXIT_SUCCEEDED, "the invocation succeeded"),
-    (EXIT_FAILED, "the invocation failed"),
-    (EXIT_USAGE, "usage or configuration error (bad option, no API key, bad state file)"),
-    (EXIT_REFUSED, "the API refused and retrying cannot help (400, 401, 403, 404)"),
-    (EXIT_GAVE_UP, "gave up: retries exhausted, idle too often, or the deadline passed"),
-    (EXIT_PLUGIN_ERROR, "a plugin failed (the invocation itself succeeded)"),
-    (EXIT_NOT_FINISHED, "status: the invocation is queued or running"),
-    (EXIT_REMEMBERED_SUCCEEDED, "the state file says it already succeeded (reported by an earlier run)"),
-    (EXIT_REMEMBERED_FAILED, "the state file says it already failed (reported by an earlier run)"),
-    (EXIT_INTERNAL, "internal error (a bug; state saved first)"),
-    (EXIT_LOCKED, "another run holds the state file's lock"),
-    (EXIT_SIGHUP, "hung up (SIGHUP; state saved first)"),
-    (EXIT_SIGINT, "interrupted (SIGINT, Ctrl-C; state saved first)"),
-    (EXIT_SIGPIPE, "the reader of standard output went away (state saved first)"),
-    (EXIT_SIGTERM, "terminated (SIGTERM; state saved first)"),
-)
-"""Every exit status of the command line and its meaning (``--help`` and the README list these)."""
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|\u00b5s|ms|s|m|h|d)")
 _STATE_KIND = "kernel-sse-state"
-_SAVE_EVERY = 1.0  # seconds between state-file writes while following
 _FINISH_GRACE = 0.8  # seconds the plugins' on_finish may take once the deadline has passed
-
-
-class _Signalled(KeyboardInterrupt):
-    """Internal: SIGTERM or SIGHUP arrived; unwinds the follow like Ctrl-C."""
-
-    def __init__(self, exit_code: int, name: str) -> None:
-        super().__init__(name)
-        self.exit_code = exit_code
-        self.name = name
 
 
 def _on_signal(signum: int, frame: object) -> None:
@@ -4198,10 +4338,6 @@ class _Locked(KernelSSEError):
     """Internal: the state file is locked by another run (exit 75)."""
 
 
-def _exit_for_status(status: str) -> int:
-    return EXIT_SUCCEEDED if status == "succeeded" else EXIT_FAILED
-
-
 class _Run:
     """One command-line run: its options, the clock its --deadline counts from, its messages."""
 
@@ -4450,82 +4586,20 @@ def _drive(run: _Run, follower: Follower, hooks: Hooks, state: Optional[_StateFi
             _say(f"{reason}; retrying {until} (-v shows each attempt)")
 
     follower.on_retry = on_retry
-    saved_at = time.monotonic()
-    outcome: Outcome
-    failure: Optional[BaseException] = None
     with _HookTimer(run.deadline_at()) as timer:
         hooks.bound = timer.bound
-        try:
-            hooks.on_start(context)
-            for event in follower:
-                try:
-                    hooks.on_event(event, context)
-                except BaseException:
-                    # Interrupted while plugins had it: let a resume hand it over again.
-                    follower.state.undeliver_last()
-                    raise
-                if state is not None and time.monotonic() - saved_at >= _SAVE_EVERY:
-                    state.save(follower.checkpoint, None)
-                    saved_at = time.monotonic()
-            invocation = follower.invocation
-            assert invocation is not None and invocation.is_terminal
-            if state is not None:
-                state.save(follower.checkpoint, invocation.status)
-            hooks.on_terminal(invocation, context)
-            outcome = Outcome(invocation.status, _exit_for_status(invocation.status), invocation)
-        except APIStatusError as exc:
-            failure, outcome = exc, Outcome("refused", EXIT_REFUSED, follower.invocation, run.message(exc))
-        except (DeadlineExceeded, _OutOfTime) as exc:
-            failure = exc
-            if isinstance(exc, _OutOfTime):
-                exc = DeadlineExceeded(f"the deadline of {args.deadline:g}s passed (inside a plugin hook) before "
-                                       "the invocation finished", fix="raise {deadline}, or resume later from the {checkpoint}")
-            outcome = Outcome("deadline", EXIT_GAVE_UP, follower.invocation, run.message(exc))
-        except (ConnectionFailed, StreamTimeout) as exc:
-            failure, outcome = exc, Outcome("gave_up", EXIT_GAVE_UP, follower.invocation, run.message(exc))
-        except PluginFailed as exc:
-            failure, outcome = exc, Outcome("plugin_error", EXIT_PLUGIN_ERROR, follower.invocation, run.message(exc))
-        except UsageError as exc:  # a plugin refused its options, or the state file could not be written
-            failure, outcome = exc, Outcome("usage_error", EXIT_USAGE, follower.invocation, run.message(exc))
-        except BrokenPipeError:
-            # Like `yes | head`: stop quietly, and keep Python from complaining
-            # about the closed pipe again at exit.
-            with contextlib.suppress(OSError, ValueError):
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            outcome = Outcome("interrupted", EXIT_SIGPIPE, follower.invocation, None)
-        except _Signalled as exc:
-            outcome = Outcome("interrupted", exc.exit_code, follower.invocation, f"stopped by {exc.name}")
-        except KeyboardInterrupt:
-            outcome = Outcome("interrupted", EXIT_SIGINT, follower.invocation, "interrupted (SIGINT)")
-        except Exception as exc:  # a bug: report it, but save the state and run on_finish first
-            failure = exc
-            outcome = Outcome("internal_error", EXIT_INTERNAL, follower.invocation,
-                              f"internal error ({_describe(exc)}); please report it with the traceback above")
-            traceback.print_exc()
-        finally:
-            follower.close()
-        if state is not None and outcome.status not in TERMINAL_STATUSES:
-            try:
-                state.save(follower.checkpoint, None)
-            except UsageError as exc:
-                outcome = Outcome("usage_error", EXIT_USAGE, follower.invocation, run.message(exc))
-            except KeyboardInterrupt:
-                pass  # a second signal while saving: the previous file is still whole
-        timer.finishing()
-        try:
-            hooks.on_finish(outcome, context)
-        except PluginFailed as exc:
-            _say(run.message(exc))
-            return EXIT_PLUGIN_ERROR
-        except KeyboardInterrupt:
-            pass  # the user insists: the state is saved, stop here
+        save = None if state is None else state.save
+        outcome, failure = _follow_through_hooks(follower, hooks, context, save, run.message, timer.finishing)
+    if outcome.exit_code == EXIT_SIGPIPE:
+        # Like `yes | head`: stop quietly, and keep Python from complaining
+        # about the closed pipe again at exit.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     run.outcome = outcome
-    if failure is not None and args.verbose and outcome.exit_code != EXIT_INTERNAL:
+    if isinstance(failure, Exception) and args.verbose and outcome.exit_code != EXIT_INTERNAL:
         traceback.print_exception(type(failure), failure, failure.__traceback__)
     if outcome.message is not None:
         _say(outcome.message)
-    if outcome.exit_code == EXIT_SUCCEEDED and hooks.failures:
-        return EXIT_PLUGIN_ERROR
     return outcome.exit_code
 
 
