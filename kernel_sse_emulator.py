@@ -1339,9 +1339,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             )
         try:
             invocation, created = emulator._invoke(action, request.payload)
-        except RuntimeError:  # the emulator is stopping
-            return None
-        except Exception as exc:  # a faulty script factory: tell the test, do not hang it
+        except Exception as exc:
+            if emulator._stopping.is_set():
+                return None  # stopping: no answer
+            # A faulty script factory: tell the test, do not hang it.
             return _error(500, "internal_error", "The action's script factory failed: %r" % (exc,))
         record.invocation_id = invocation.id
         if fault.drop:

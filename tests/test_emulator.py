@@ -912,6 +912,14 @@ def call(
         conn.close()
 
 
+def wait_for(condition: Callable[[], object], timeout: float = 5.0) -> None:
+    """Poll ``condition`` until it is true; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
 def invoke(emu: Emulator, **fields: Any) -> Tuple[int, http.client.HTTPMessage, Any]:
     body: Dict[str, Any] = {"app_name": "app", "action_name": "act", "version": "1"}
     body.update(fields)
@@ -1029,7 +1037,7 @@ def test_registry(emulator: Emulator) -> None:
 
 def test_failing_factory_is_500(emulator: Emulator) -> None:
     def broken(payload: Optional[str]) -> Script:
-        raise ZeroDivisionError("no script today")
+        raise RuntimeError("no script today")
 
     emulator.register_action("app", "act", "1", broken)
     status, _, error = invoke(emulator)
@@ -1131,11 +1139,9 @@ def test_stop_while_a_post_waits(emulator: Emulator) -> None:
 
     threads = [threading.Thread(target=post, args=(name,)) for name in ("act", "slow")]
     threads[0].start()
-    while not emulator.invocations_created:
-        time.sleep(0.01)
+    wait_for(lambda: emulator.invocations_created)
     threads[1].start()
-    while len(emulator.invocations_created) < 2:
-        time.sleep(0.01)
+    wait_for(lambda: len(emulator.invocations_created) == 2)
     emulator.stop()
     for thread in threads:
         thread.join(10)
@@ -1258,8 +1264,7 @@ def test_list_filters(emulator: Emulator) -> None:
                         start=format_timestamp(now - 5 * 10**9)))
     assert gate.reached.wait(5) and emulator.invocation("inv_old").wait_finished()
     assert emulator.invocation("inv_new").wait_finished()
-    while emulator.invocation("inv_run").invocation()["status"] != "running":
-        time.sleep(0.01)
+    wait_for(lambda: emulator.invocation("inv_run").invocation()["status"] == "running")
     cases: List[Tuple[Dict[str, str], List[str]]] = [
         ({"app_name": "shop"}, ["inv_new", "inv_old"]),
         ({"action_name": "post"}, ["inv_queued", "inv_run"]),
