@@ -628,7 +628,8 @@ def _settings_from_dict(data: Mapping[str, Any]) -> Settings:
     if "post_fault" in values:
         values["post_fault"] = _build(PostFault, values["post_fault"], "post_fault")
     if "post_attempts" in values:
-        values["post_attempts"] = tuple(_build(PostFault, a, "post_attempts") for a in values["post_attempts"])
+        attempts = values["post_attempts"]
+        values["post_attempts"] = tuple(_build(PostFault, a, "post_attempts") for a in attempts)
     if "list_attempts" in values:
         values["list_attempts"] = tuple(values["list_attempts"])
     settings: Settings = _build(Settings, values, "emulator")
@@ -1079,6 +1080,9 @@ _Answer = Tuple[int, object, Mapping[str, str]]
 _DIGITS = re.compile(r"[0-9]+")
 _STATUSES = ("queued", "running", "succeeded", "failed")
 _FAULT_CODES = {429: "rate_limited", 502: "bad_gateway", 503: "service_unavailable"}
+_EQUAL_FILTERS = ("app_name", "action_name", "version", "status")
+_SEARCHED = ("id", "app_name", "action_name")  # what the list's "query" looks in
+_BAD_SINCE = "Invalid since: use an RFC 3339 timestamp or a duration like 5m."
 
 
 def _error(status: int, code: str, message: str, headers: Optional[Mapping[str, str]] = None) -> _Answer:
@@ -1167,12 +1171,13 @@ def _list_invocations(emulator: Emulator, record: RequestRecord) -> _Answer:
         try:
             since_ns = parse_since(query["since"])
         except (ValueError, decimal.InvalidOperation):
-            return _error(400, "bad_request", "Invalid since: use an RFC 3339 timestamp or a duration like 5m.")
+            return _error(400, "bad_request", _BAD_SINCE)
     numbers = {"limit": emulator.page_size, "offset": 0}
     for name in numbers:
         if name in query:
             if not _DIGITS.fullmatch(query[name]) or (name == "limit" and int(query[name]) < 1):
-                return _error(400, "bad_request", "%s must be a whole number%s." % (name, " >= 1" * (name == "limit")))
+                least = " >= 1" if name == "limit" else ""
+                return _error(400, "bad_request", "%s must be a whole number%s." % (name, least))
             numbers[name] = int(query[name])
     limit, offset = numbers["limit"], numbers["offset"]
     needle = query.get("query", "").lower()
@@ -1185,16 +1190,19 @@ def _list_invocations(emulator: Emulator, record: RequestRecord) -> _Answer:
     matching = []
     for _, invocation in ordered:
         state = invocation.invocation()
-        if any(query.get(name, state[name]) != state[name] for name in ("app_name", "action_name", "version", "status")):
+        if any(query.get(name, state[name]) != state[name] for name in _EQUAL_FILTERS):
             continue
         if invocation._start_ns < since_ns:
             continue
-        if needle and not any(needle in str(state[name]).lower() for name in ("id", "app_name", "action_name")):
+        if needle and not any(needle in str(state[name]).lower() for name in _SEARCHED):
             continue
         matching.append(state)
     page = matching[offset : offset + limit]
     has_more = offset + limit < len(matching)
-    headers = {"X-Has-More": "true" if has_more else "false", "X-Next-Offset": str(offset + len(page) if has_more else 0)}
+    headers = {
+        "X-Has-More": "true" if has_more else "false",
+        "X-Next-Offset": str(offset + len(page) if has_more else 0),  # 0: the last page
+    }
     fault = emulator.list_fault_for(record.attempt)
     if has_more and fault == "has_more_without_offset":
         del headers["X-Next-Offset"]
@@ -2060,16 +2068,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "--heartbeat", type=float, default=None, help="seconds of idleness before a heartbeat (default: 2)"
     )
     parser.add_argument("--speed", type=float, default=1.0, help="speed factor of the demo scenario")
-    parser.add_argument("--page-size", type=int, help="GET /invocations page size without limit (default: 20)")
+    parser.add_argument("--page-size", type=int, help="GET /invocations page size without limit (default 20)")
     parser.add_argument(
-        "--state-on-connect", action="store_true", help="start every event stream with the current state, stamped now"
+        "--state-on-connect", action="store_true", help="each event stream starts with the current state, stamped now"
     )
     parser.add_argument("--jitter", type=float, help="bound in seconds of random log/error timestamp jitter")
     parser.add_argument("--jitter-seed", type=int, help="seed of that jitter, for reproducible runs")
     parser.add_argument("-q", "--quiet", action="store_true", help="do not log requests")
     args = parser.parse_args(argv)
     try:
-        scenario = load_scenario_file(args.scenario) if args.scenario else Scenario(invocations=(demo_script(args.speed),))
+        if args.scenario:
+            scenario = load_scenario_file(args.scenario)
+        else:
+            scenario = Scenario(invocations=(demo_script(args.speed),))
     except (OSError, ValueError, TypeError) as exc:
         parser.error("cannot load scenario: %s" % (exc,))
     emulator = Emulator(api_key=args.api_key, port=args.port, quiet=args.quiet)
