@@ -3,26 +3,34 @@
 Standard library only, and independent of ``kernel_sse`` on purpose: it is the
 yardstick the client is measured against, so it must not share its code.
 
-It serves, on 127.0.0.1:
+It serves, on 127.0.0.1, with Bearer auth and the API's error body
+(``{"code": ..., "message": ...}``):
 
-- ``GET /invocations/{id}/events``: the Server-Sent Events stream of the spec
-  (``shared/spec/invocation-events-openapi.md``), with Bearer auth, ``since``
-  (RFC 3339 or a duration such as ``5m``, inclusive), replay then live events,
-  heartbeats while idle, and the end of the response after the terminal state;
-- ``GET /invocations/{id}``: the ``Invocation`` JSON.
+- ``GET /invocations/{id}/events``: the Server-Sent Events stream of an
+  invocation, with ``since`` (RFC 3339 or a duration such as ``5m``, inclusive,
+  applied to each event's own timestamp), replay then live events, heartbeats
+  while idle, and the end of the response once the invocation is finished;
+- ``GET /invocations/{id}``: the ``Invocation`` JSON;
+- ``POST /invocations``: start a registered action (see :class:`Action`);
+- ``GET /invocations``: list with filters and offset pagination
+  (``X-Has-More``, ``X-Next-Offset``), newest first;
+- ``PATCH /invocations/{id}``: finish or cancel.
 
 An invocation is a :class:`Script`: a list of steps (:class:`Log`,
 :class:`State`, :class:`Error`, :class:`Pause`, :class:`Gate`, and the bad-data
 steps :class:`Unknown`, :class:`Malformed`, :class:`Raw`) plus :class:`Fault`
 options, either for every connection attempt or for one attempt.
+``POST /invocations`` has its own :class:`PostFault` options.
 
 In tests::
 
     with running_emulator(Script("inv1", [Log("hi"), State("succeeded")])) as emu:
         ...  # follow f"{emu.url}/invocations/inv1/events" with emu.api_key
 
-From a shell: ``python -m kernel_sse_emulator [--port N] [--api-key KEY]
-[--scenario FILE]`` prints its base URL and serves until interrupted.
+From a shell: ``python kernel_sse_emulator.py [--port N] [--api-key KEY]
+[--scenario FILE]`` prints its base URL and ready-to-paste ``kernel-sse``
+command lines, and serves until interrupted. ``docs/emulator.md`` describes
+the scenario file format, every endpoint and every switch.
 """
 
 from __future__ import annotations
@@ -34,7 +42,10 @@ import decimal
 import hmac
 import http.server
 import json
+import random
 import re
+import secrets
+import shlex
 import signal
 import socket
 import socketserver
@@ -63,7 +74,13 @@ from typing import (
 
 __all__ = [
     "DEFAULT_HEARTBEAT_INTERVAL",
+    "DEFAULT_PAGE_SIZE",
+    "DEMO_ACTION",
+    "DEMO_APP",
     "DEMO_INVOCATION_ID",
+    "DEMO_VERSION",
+    "LIST_FAULTS",
+    "Action",
     "EmittedEvent",
     "EmulatedInvocation",
     "Emulator",
@@ -73,9 +90,13 @@ __all__ = [
     "Log",
     "Malformed",
     "Pause",
+    "PostFault",
     "Raw",
     "RequestRecord",
+    "Scenario",
     "Script",
+    "ScriptFactory",
+    "Settings",
     "Stamp",
     "State",
     "Step",
@@ -83,10 +104,12 @@ __all__ = [
     "demo_script",
     "format_timestamp",
     "load_scenario",
+    "load_scenario_file",
     "main",
     "parse_since",
     "parse_timestamp",
     "running_emulator",
+    "scenario_from_json",
     "script_from_dict",
 ]
 
@@ -96,6 +119,13 @@ DEFAULT_HEARTBEAT_INTERVAL = 2.0
 DEMO_INVOCATION_ID = "demo"
 """The invocation id of the built-in demo scenario."""
 
+DEMO_APP, DEMO_ACTION, DEMO_VERSION = "demo", "run", "1"
+"""The action every emulator registers unless ``register_demo=False``: it runs
+:func:`demo_script`, at the speed given by the payload ``{"speed": N}`` (default 1)."""
+
+DEFAULT_PAGE_SIZE = 20
+"""Invocations per ``GET /invocations`` page when the request has no ``limit``."""
+
 _TERMINAL_STATUSES = ("succeeded", "failed")
 _NS = 10**9
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -103,6 +133,7 @@ _BOM = b"\xef\xbb\xbf"
 # Buffered event bytes are sent once they reach this size, so a long replay
 # goes out in a few large chunks instead of one huge one.
 _FLUSH_AT = 64 * 1024
+_ID_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 _GATE_POLL = 0.05  # how often a closed gate looks whether the emulator stops
 
 
@@ -203,16 +234,30 @@ def _check_stamp(at: Stamp) -> None:
         parse_timestamp(at)
 
 
+def _check_late(at: Stamp, late_by: float) -> None:
+    if late_by < 0:
+        raise ValueError("late_by must be >= 0")
+    if late_by and isinstance(at, str):
+        raise ValueError("late_by cannot shift an explicit timestamp string: write the earlier time instead")
+
+
 @dataclass(frozen=True)
 class Log:
     """A ``log`` event. ``message`` as bytes is put between the JSON quotes as
-    is (only ``"``, ``\\`` and control bytes escaped), so it can carry invalid UTF-8."""
+    is (only ``"``, ``\\`` and control bytes escaped), so it can carry invalid UTF-8.
+
+    ``late_by`` seconds (>= 0) stamps the event that much before its script time,
+    so it can be older than events produced before it (a late event); the script
+    clock itself does not go back.
+    """
 
     message: Union[str, bytes]
     at: Stamp = None
+    late_by: float = 0.0
 
     def __post_init__(self) -> None:
         _check_stamp(self.at)
+        _check_late(self.at, self.late_by)
 
 
 @dataclass(frozen=True)
@@ -242,9 +287,12 @@ class Error:
     at: Stamp = None
     details: Optional[Sequence[Mapping[str, str]]] = None
     inner_error: Optional[Mapping[str, str]] = None
+    late_by: float = 0.0
+    """As :attr:`Log.late_by`."""
 
     def __post_init__(self) -> None:
         _check_stamp(self.at)
+        _check_late(self.at, self.late_by)
 
 
 @dataclass(frozen=True)
@@ -377,14 +425,137 @@ class Script:
     version: str = "1.0.0"
     action_name: str = "run"
     payload: Optional[str] = None
+    jitter: Optional[float] = None
+    """Bound in seconds of the random shift of each ``log`` and ``error`` timestamp
+    (uniform in [-jitter, +jitter]); None: the emulator's ``jitter``."""
+    jitter_seed: Optional[int] = None
+    """Seed of that randomness, for reproducible runs; None: the emulator's ``jitter_seed``."""
+    state_on_connect: Optional[bool] = None
+    """Start every events response with the current state stamped now; None: the emulator's switch."""
 
     def __post_init__(self) -> None:
         if self.start is not None:
             parse_timestamp(self.start)
+        if self.jitter is not None and self.jitter < 0:
+            raise ValueError("jitter must be >= 0")
 
     def fault_for(self, attempt: int) -> Fault:
         """The fault options of connection attempt ``attempt`` (0-based)."""
         return self.attempts[attempt] if attempt < len(self.attempts) else self.fault
+
+
+@dataclass(frozen=True)
+class PostFault:
+    """How one ``POST /invocations`` attempt misbehaves. The default is a well-behaved server.
+
+    Without ``create``, ``status`` and ``drop`` act before the key and the body
+    are even checked, and nothing is created. With ``create``, the request is
+    handled as usual first (a bad key or body is still answered 401 / 400 / 404),
+    the invocation is created and runs, and only then is the answer replaced.
+    ``delay`` holds back whatever answer there is (or the drop).
+    """
+
+    status: Optional[int] = None
+    """Answer this status (e.g. 500, 503, 429) with an Error JSON body."""
+    retry_after: Optional[str] = None
+    """With ``status``: the ``Retry-After`` header value."""
+    drop: bool = False
+    """Close the connection after reading the request, without any answer."""
+    create: bool = False
+    """With ``status`` or ``drop``: create the invocation before failing."""
+    delay: float = 0.0
+    """Seconds to wait before answering (after creating, when the request creates)."""
+
+    def __post_init__(self) -> None:
+        if self.status is not None and self.drop:
+            raise ValueError("a POST fault answers a status or drops, not both")
+        if self.create and self.status is None and not self.drop:
+            raise ValueError("create needs status or drop")
+        if self.delay < 0:
+            raise ValueError("delay must be >= 0")
+
+
+LIST_FAULTS = ("has_more_without_offset", "repeat_offset", "zero_offset", "no_has_more")
+"""The pagination faults of ``GET /invocations``; each applies to pages that have more after them:
+
+- ``has_more_without_offset``: ``X-Has-More: true`` and no ``X-Next-Offset`` (a server error);
+- ``repeat_offset``: ``X-Next-Offset`` is the offset that was asked for;
+- ``zero_offset``: ``X-Has-More: true`` with ``X-Next-Offset: 0``;
+- ``no_has_more``: no ``X-Has-More`` header on any page (the offsets alone tell).
+"""
+
+
+def _check_list_fault(name: Optional[str]) -> None:
+    if name is not None and name not in LIST_FAULTS:
+        raise ValueError("unknown list fault %r (one of %s)" % (name, ", ".join(LIST_FAULTS)))
+
+
+ScriptFactory = Callable[[Optional[str]], Script]
+"""Makes the script of a new invocation from the request's ``payload`` (None if absent)."""
+
+
+@dataclass(frozen=True)
+class Action:
+    """An ``(app_name, action_name, version)`` that ``POST /invocations`` can start.
+
+    ``script`` is a template :class:`Script` or a :data:`ScriptFactory`. Each new
+    invocation gets its steps and faults, with ``id`` (a fresh ``inv_...``),
+    ``app_name``, ``action_name``, ``version``, ``payload`` and ``start`` (now)
+    replaced by those of the request.
+    """
+
+    app_name: str
+    action_name: str
+    version: str
+    script: Union[Script, ScriptFactory]
+
+    def make_script(self, invocation_id: str, payload: Optional[str]) -> Script:
+        """The script of a new invocation ``invocation_id`` started with ``payload``."""
+        base = self.script if isinstance(self.script, Script) else self.script(payload)
+        return dataclasses.replace(
+            base,
+            id=invocation_id,
+            app_name=self.app_name,
+            action_name=self.action_name,
+            version=self.version,
+            payload=payload,
+            start=None,
+        )
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Emulator switches set by a scenario file; None leaves the emulator's value alone.
+
+    Each field is the :class:`Emulator` attribute of the same name.
+    """
+
+    heartbeat_interval: Optional[float] = None
+    page_size: Optional[int] = None
+    state_on_connect: Optional[bool] = None
+    jitter: Optional[float] = None
+    jitter_seed: Optional[int] = None
+    post_fault: Optional[PostFault] = None
+    post_attempts: Optional[Sequence[PostFault]] = None
+    list_fault: Optional[str] = None
+    list_attempts: Optional[Sequence[Optional[str]]] = None
+    register_demo: Optional[bool] = None
+
+    def __post_init__(self) -> None:
+        _check_list_fault(self.list_fault)
+        for name in self.list_attempts or ():
+            _check_list_fault(name)
+        if self.page_size is not None and self.page_size < 1:
+            raise ValueError("page_size must be >= 1")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """What a scenario file describes: invocations that exist at once, actions, switches."""
+
+    invocations: Sequence[Script] = ()
+    actions: Sequence[Action] = ()
+    settings: Settings = Settings()
 
 
 _STEP_TYPES: Dict[str, Any] = {
@@ -434,12 +605,71 @@ def script_from_dict(data: Mapping[str, Any]) -> Script:
     return built
 
 
-def load_scenario(path: str) -> List[Script]:
-    """Read a JSON scenario file: one script object, or a list of them."""
+_SCENARIO_KEYS = ("invocations", "actions", "emulator")
+
+
+def _action_from_dict(data: Mapping[str, Any], number: int) -> Action:
+    values = dict(data)
+    template = values.pop("script", {})
+    if not isinstance(template, Mapping):
+        raise ValueError("action %d: script must be an object" % number)
+    if "id" in template:
+        raise ValueError("action %d: its script has no id: each invocation gets a new one" % number)
+    values["script"] = script_from_dict(template)
+    action: Action = _build(Action, values, "action %d" % number)
+    for name in ("app_name", "action_name", "version"):
+        if not isinstance(getattr(action, name), str) or not getattr(action, name):
+            raise ValueError("action %d: %s must be a non-empty string" % (number, name))
+    return action
+
+
+def _settings_from_dict(data: Mapping[str, Any]) -> Settings:
+    values = dict(data)
+    if "post_fault" in values:
+        values["post_fault"] = _build(PostFault, values["post_fault"], "post_fault")
+    if "post_attempts" in values:
+        attempts = values["post_attempts"]
+        values["post_attempts"] = tuple(_build(PostFault, a, "post_attempts") for a in attempts)
+    if "list_attempts" in values:
+        values["list_attempts"] = tuple(values["list_attempts"])
+    settings: Settings = _build(Settings, values, "emulator")
+    return settings
+
+
+def scenario_from_json(data: Any) -> Scenario:
+    """Build a :class:`Scenario` from a scenario file's JSON value.
+
+    Three forms (``docs/emulator.md`` describes every field): one script object;
+    a list of script objects; or an object with any of ``invocations`` (a list
+    of scripts), ``actions`` (a list of ``{"app_name", "action_name", "version",
+    "script"}``, the script without ``id``) and ``emulator`` (switches, the
+    fields of :class:`Settings`). Raises ValueError or TypeError for anything else.
+    """
+    if isinstance(data, list):
+        return Scenario(invocations=tuple(script_from_dict(item) for item in data))
+    if not isinstance(data, Mapping):
+        raise ValueError("a scenario is a JSON object or a list of scripts")
+    if not any(key in data for key in _SCENARIO_KEYS):
+        return Scenario(invocations=(script_from_dict(data),))
+    unknown = sorted(set(data) - set(_SCENARIO_KEYS))
+    if unknown:
+        raise ValueError("scenario: unknown key(s) %s" % ", ".join(unknown))
+    return Scenario(
+        invocations=tuple(script_from_dict(item) for item in data.get("invocations", [])),
+        actions=tuple(_action_from_dict(item, n) for n, item in enumerate(data.get("actions", []))),
+        settings=_settings_from_dict(data.get("emulator", {})),
+    )
+
+
+def load_scenario_file(path: str) -> Scenario:
+    """Read a JSON scenario file (any of the forms of :func:`scenario_from_json`)."""
     with open(path, encoding="utf-8") as handle:
-        data = json.load(handle)
-    items = data if isinstance(data, list) else [data]
-    return [script_from_dict(item) for item in items]
+        return scenario_from_json(json.load(handle))
+
+
+def load_scenario(path: str) -> List[Script]:
+    """Read a JSON scenario file and return only its invocations' scripts."""
+    return list(load_scenario_file(path).invocations)
 
 
 # ---------------------------------------------------------------- emitted events
@@ -494,14 +724,28 @@ class EmulatedInvocation:
     produced and then wait for more.
     """
 
-    def __init__(self, script: Script, stopping: threading.Event) -> None:
-        """Prepare ``script``; call :meth:`_start` to run it."""
+    def __init__(
+        self,
+        script: Script,
+        stopping: threading.Event,
+        *,
+        jitter: float = 0.0,
+        jitter_seed: Optional[int] = None,
+    ) -> None:
+        """Prepare ``script``; call :meth:`_start` to run it.
+
+        ``jitter`` and ``jitter_seed`` apply where the script leaves its own as None.
+        """
         self.script = script
         self.id = script.id
         self._stopping = stopping
         self._cond = threading.Condition()
         self._queue: Deque[Step] = deque(script.steps)
         self._busy = False
+        self._finished = threading.Event()  # set by finish(): the script produces nothing more
+        bound = jitter if script.jitter is None else script.jitter
+        self._jitter_ns = int(round(bound * _NS))
+        self._random = random.Random(jitter_seed if script.jitter_seed is None else script.jitter_seed)
         self._history: List[EmittedEvent] = []
         self._attempts = 0
         self._tick_ns = int(round(script.tick * _NS))
@@ -554,20 +798,81 @@ class EmulatedInvocation:
             return self._attempts
 
     def wait_idle(self, timeout: float = 5.0) -> bool:
-        """Wait until every step so far has run; False if ``timeout`` passed first."""
+        """Wait until every step so far has run (or :meth:`finish` ended the script);
+        False if ``timeout`` passed first."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            while self._queue or self._busy:
+            while (self._queue or self._busy) and not self._finished.is_set():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
                 self._cond.wait(remaining)
             return True
 
+    @property
+    def finished(self) -> bool:
+        """True once the status is ``succeeded`` or ``failed``."""
+        with self._cond:
+            return self._state["status"] in _TERMINAL_STATUSES
+
+    def wait_finished(self, timeout: Optional[float] = 5.0) -> bool:
+        """Wait until the status is terminal; False if ``timeout`` passed or the emulator stopped first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._state["status"] not in _TERMINAL_STATUSES:
+                if self._stopping.is_set():
+                    return False
+                if deadline is None:
+                    self._cond.wait()
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            return True
+
+    def finish(self, status: str, output: Optional[str] = None) -> Dict[str, object]:
+        """End the invocation as ``PATCH /invocations/{id}`` does; return the invocation object.
+
+        The script stops (remaining steps dropped, pauses and gates cut short) and
+        a terminal ``invocation_state`` with ``status`` (``succeeded`` or ``failed``;
+        ``failed`` is a cancel) and ``output`` goes to every stream, which then
+        ends. An invocation already finished is left as it is.
+        """
+        if status not in _TERMINAL_STATUSES:
+            raise ValueError("status must be succeeded or failed")
+        with self._cond:
+            if self._state["status"] not in _TERMINAL_STATUSES:
+                self._finished.set()
+                self._queue.clear()
+                reason = "Invocation was cancelled" if status == "failed" else None
+                self._history.append(self._emit(State(status, output=output, status_reason=reason)))
+                self._cond.notify_all()
+            return dict(self._state)
+
     # ---- for the server
 
     def _start(self) -> None:
         self._thread.start()
+
+    def _snapshot(self, now_ns: int) -> EmittedEvent:
+        """The current state as an ``invocation_state`` event stamped ``now_ns`` (not in the history)."""
+        ts = format_timestamp(now_ns)
+        with self._cond:
+            state = dict(self._state)
+        body = {"event": "invocation_state", "timestamp": ts, "invocation": state}
+        return EmittedEvent("state", ts, now_ns, _dumps(body), terminal=state["status"] in _TERMINAL_STATUSES)
+
+    def _sleep(self, seconds: float) -> bool:
+        """Wait ``seconds``; True if the emulator stops or :meth:`finish` ends the script first."""
+        deadline = time.monotonic() + seconds
+        with self._cond:
+            while not (self._stopping.is_set() or self._finished.is_set()):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            return True
 
     def _wake(self) -> None:
         """Wake the script thread and every waiting stream, so they see a stop."""
@@ -575,7 +880,8 @@ class EmulatedInvocation:
             self._cond.notify_all()
 
     def _join(self) -> None:
-        self._thread.join()
+        if self._thread.ident is not None:  # never started when stop() came first
+            self._thread.join()
 
     def _next_attempt(self) -> int:
         with self._cond:
@@ -601,42 +907,53 @@ class EmulatedInvocation:
             with self._cond:
                 self._busy = False
                 self._cond.notify_all()  # for wait_idle
-                while not self._queue and not self._stopping.is_set():
+                while not self._queue and not self._stopping.is_set() and not self._finished.is_set():
                     self._cond.wait()
-                if self._stopping.is_set():
+                if self._stopping.is_set() or self._finished.is_set():
                     return
                 step = self._queue.popleft()
                 self._busy = True
             if isinstance(step, Pause):
-                if self._stopping.wait(step.seconds):
+                if self._sleep(step.seconds):
                     return
                 with self._cond:
                     self._clock += int(round(step.seconds * _NS))
             elif isinstance(step, Gate):
                 step.reached.set()
                 while not step.opened.wait(_GATE_POLL):
-                    if self._stopping.is_set():
+                    if self._stopping.is_set() or self._finished.is_set():
                         return
             else:
                 with self._cond:
+                    if self._finished.is_set():  # finish() came while this step was on its way
+                        return
                     self._history.append(self._emit(step))
                     self._cond.notify_all()
 
-    def _stamp(self, at: Stamp) -> Tuple[int, str]:
-        """The time of the next event, and the clock moved on one tick past it."""
+    def _stamp(self, at: Stamp, late_by: float = 0.0, jittered: bool = False) -> Tuple[int, str]:
+        """The time of the next event, and the clock moved on one tick past its script time.
+
+        Lateness and jitter change the stamp only: the script clock never goes back.
+        """
         if isinstance(at, str):
-            ns, text = parse_timestamp(at), at
-        else:
-            ns = self._clock if at is None else self._start_ns + int(round(at * _NS))
-            text = format_timestamp(ns)
+            ns = parse_timestamp(at)
+            self._clock = ns + self._tick_ns
+            return ns, at
+        ns = self._clock if at is None else self._start_ns + int(round(at * _NS))
         self._clock = ns + self._tick_ns
-        return ns, text
+        ns -= int(round(late_by * _NS))
+        if jittered and self._jitter_ns:
+            ns += self._random.randint(-self._jitter_ns, self._jitter_ns)
+        return ns, format_timestamp(ns)
 
     def _emit(self, step: Step) -> EmittedEvent:
         """Turn an event step into the event every connection sends (lock held)."""
         if isinstance(step, (Pause, Gate)):  # pragma: no cover - _run handles these
             raise TypeError(step)
-        ns, ts = self._stamp(step.at)
+        if isinstance(step, (Log, Error)):
+            ns, ts = self._stamp(step.at, step.late_by, jittered=True)
+        else:
+            ns, ts = self._stamp(step.at)
         if isinstance(step, Log):
             if isinstance(step.message, bytes):
                 head = _dumps({"event": "log", "timestamp": ts, "message": ""})
@@ -691,13 +1008,20 @@ class RequestRecord:
     query: Dict[str, List[str]]
     headers: List[Tuple[str, str]]
     invocation_id: Optional[str] = None
+    """The invocation in the path; for ``POST /invocations``, the one it created."""
     attempt: Optional[int] = None
-    """For ``GET .../events`` of a known invocation: its 0-based attempt number."""
+    """For ``GET .../events`` of a known invocation: its 0-based attempt number;
+    for ``POST /invocations`` and ``GET /invocations``: the 0-based number of the
+    request among those to that endpoint (what picks its fault)."""
     status: Optional[int] = None
     """The status answered (None while the request is still being handled)."""
     events_written: int = 0
     """Script events written on this response (heartbeats not counted)."""
     heartbeats_written: int = 0
+    body: bytes = b""
+    """The request body (``POST`` and ``PATCH``)."""
+    state_on_connect: bool = False
+    """For ``GET .../events``: the response began with the current-state snapshot."""
 
     def header(self, name: str) -> Optional[str]:
         """The first value of header ``name`` (case-insensitive), or None."""
@@ -748,6 +1072,149 @@ class _ChunkedWriter:
         self._wfile.write(b"0\r\n\r\n")
 
 
+# ---------------------------------------------------------------- the other endpoints
+
+_Answer = Tuple[int, object, Mapping[str, str]]
+"""A JSON answer: status, body, extra headers."""
+
+_DIGITS = re.compile(r"[0-9]+")
+_STATUSES = ("queued", "running", "succeeded", "failed")
+_FAULT_CODES = {429: "rate_limited", 502: "bad_gateway", 503: "service_unavailable"}
+_EQUAL_FILTERS = ("app_name", "action_name", "version", "status")
+_SEARCHED = ("id", "app_name", "action_name")  # what the list's "query" looks in
+_BAD_SINCE = "Invalid since: use an RFC 3339 timestamp or a duration like 5m."
+
+
+def _error(status: int, code: str, message: str, headers: Optional[Mapping[str, str]] = None) -> _Answer:
+    return status, {"code": code, "message": message}, headers or {}
+
+
+_UNAUTHORIZED = _error(401, "unauthorized", "Missing or invalid API key.", {"WWW-Authenticate": "Bearer"})
+
+
+def _fault_answer(status: int, retry_after: Optional[str]) -> _Answer:
+    headers = {} if retry_after is None else {"Retry-After": retry_after}
+    code = _FAULT_CODES.get(status, "internal_error")
+    return _error(status, code, "Injected fault: status %d." % status, headers)
+
+
+def _json_object(body: bytes) -> Union[Dict[str, Any], str]:
+    """The body as a JSON object, or the 400 message saying why not."""
+    try:
+        value = json.loads(body.decode("utf-8"))
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError are both ValueErrors
+        return "The body must be a JSON object."
+    if not isinstance(value, dict):
+        return "The body must be a JSON object."
+    return value
+
+
+@dataclass(frozen=True)
+class _CreateRequest:
+    app_name: str
+    action_name: str
+    version: str
+    payload: Optional[str]
+    run_async: bool
+    async_timeout_seconds: Optional[int]
+
+
+def _parse_create(body: bytes) -> Union[_CreateRequest, str]:
+    """A ``POST /invocations`` body, or the 400 message saying what is wrong with it."""
+    values = _json_object(body)
+    if isinstance(values, str):
+        return values
+    for name in ("app_name", "action_name", "version"):
+        if name not in values:
+            return "Missing required field: %s" % name
+        if not isinstance(values[name], str) or not values[name]:
+            return "%s must be a non-empty string." % name
+    payload = values.get("payload")
+    if payload is not None and not isinstance(payload, str):
+        return "payload must be a string (the JSON document, serialised)."
+    run_async = values.get("async", False)
+    if not isinstance(run_async, bool):
+        return "async must be true or false."
+    timeout = values.get("async_timeout_seconds")
+    if timeout is not None:
+        if isinstance(timeout, bool) or not isinstance(timeout, int) or not 10 <= timeout <= 3600:
+            return "async_timeout_seconds must be an integer from 10 to 3600."
+        if not run_async:
+            return "async_timeout_seconds applies only with async: true."
+    return _CreateRequest(
+        values["app_name"], values["action_name"], values["version"], payload, run_async, timeout
+    )
+
+
+def _parse_update(body: bytes) -> Union[Tuple[str, Optional[str]], str]:
+    """A ``PATCH /invocations/{id}`` body as (status, output), or the 400 message."""
+    values = _json_object(body)
+    if isinstance(values, str):
+        return values
+    status = values.get("status")
+    if status not in _TERMINAL_STATUSES:
+        return "status must be succeeded or failed."
+    output = values.get("output")
+    if output is not None and not isinstance(output, str):
+        return "output must be a string (a JSON document, serialised)."
+    return status, output
+
+
+def _list_invocations(emulator: Emulator, record: RequestRecord) -> _Answer:
+    """The answer to ``GET /invocations``: filters, newest first, offset pagination."""
+    query = {name: values[0] for name, values in record.query.items()}
+    status = query.get("status")
+    if status is not None and status not in _STATUSES:
+        return _error(400, "bad_request", "status must be one of %s." % ", ".join(_STATUSES))
+    since_ns = 0
+    if query.get("since"):
+        try:
+            since_ns = parse_since(query["since"])
+        except (ValueError, decimal.InvalidOperation):
+            return _error(400, "bad_request", _BAD_SINCE)
+    numbers = {"limit": emulator.page_size, "offset": 0}
+    for name in numbers:
+        if name in query:
+            if not _DIGITS.fullmatch(query[name]) or (name == "limit" and int(query[name]) < 1):
+                least = " >= 1" if name == "limit" else ""
+                return _error(400, "bad_request", "%s must be a whole number%s." % (name, least))
+            numbers[name] = int(query[name])
+    limit, offset = numbers["limit"], numbers["offset"]
+    needle = query.get("query", "").lower()
+    with emulator._lock:
+        invocations = list(emulator._invocations.values())
+        record.attempt = emulator._list_count
+        emulator._list_count += 1
+    # Newest first: by started_at, then the later added first among equal times.
+    ordered = sorted(enumerate(invocations), key=lambda item: (item[1]._start_ns, item[0]), reverse=True)
+    matching = []
+    for _, invocation in ordered:
+        state = invocation.invocation()
+        if any(query.get(name, state[name]) != state[name] for name in _EQUAL_FILTERS):
+            continue
+        if invocation._start_ns < since_ns:
+            continue
+        if needle and not any(needle in str(state[name]).lower() for name in _SEARCHED):
+            continue
+        matching.append(state)
+    page = matching[offset : offset + limit]
+    has_more = offset + limit < len(matching)
+    headers = {
+        "X-Has-More": "true" if has_more else "false",
+        "X-Next-Offset": str(offset + len(page) if has_more else 0),  # 0: the last page
+    }
+    fault = emulator.list_fault_for(record.attempt)
+    if has_more and fault == "has_more_without_offset":
+        del headers["X-Next-Offset"]
+    elif has_more and fault == "repeat_offset":
+        headers["X-Next-Offset"] = str(offset)
+    elif has_more and fault == "zero_offset":
+        headers["X-Next-Offset"] = "0"
+    elif fault == "no_has_more":
+        del headers["X-Has-More"]
+    return 200, page, headers
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
     """Routes the two endpoints; the streaming itself is in :meth:`_stream`."""
 
@@ -765,23 +1232,45 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if not self.server.emulator.quiet:
             super().log_message(format, *args)
 
-    def do_GET(self) -> None:
-        """Serve ``/invocations/{id}`` and ``/invocations/{id}/events``."""
-        emulator = self.server.emulator
+    def _begin(self) -> Tuple[RequestRecord, str]:
+        """Read the request body, record the request; return the record and the path without query."""
+        length = self.headers.get("Content-Length", "")
+        body = self.rfile.read(int(length)) if _DIGITS.fullmatch(length) else b""
+        if self.headers.get("Transfer-Encoding"):
+            self.close_connection = True  # a chunked body is not read: do not parse it as the next request
         split = urllib.parse.urlsplit(self.path)
         record = RequestRecord(
             method=self.command,
             path=self.path,
             query=urllib.parse.parse_qs(split.query, keep_blank_values=True),
             headers=list(self.headers.items()),
+            body=body,
         )
-        emulator._record(record)
-        segments = split.path.split("/")
+        self.server.emulator._record(record)
+        return record, split.path
+
+    def _authorized(self, record: RequestRecord) -> bool:
+        """True if the key is good; else answer 401 and return False."""
+        if self.server.emulator._authorized(self.headers.get("Authorization")):
+            return True
+        status, body, headers = _UNAUTHORIZED
+        self._send_json(record, status, body, headers)
+        return False
+
+    def do_GET(self) -> None:
+        """Serve ``/invocations``, ``/invocations/{id}`` and ``/invocations/{id}/events``."""
+        emulator = self.server.emulator
+        record, path = self._begin()
+        if path == "/invocations":
+            if self._authorized(record):
+                self._send_answer(record, _list_invocations(emulator, record))
+            return
+        segments = path.split("/")
         if len(segments) not in (3, 4) or segments[:2] != ["", "invocations"] or not segments[2]:
-            self._send_error(record, 404, "not_found", "No such route: %s" % split.path)
+            self._send_error(record, 404, "not_found", "No such route: %s" % path)
             return
         if len(segments) == 4 and segments[3] != "events":
-            self._send_error(record, 404, "not_found", "No such route: %s" % split.path)
+            self._send_error(record, 404, "not_found", "No such route: %s" % path)
             return
         invocation_id = urllib.parse.unquote(segments[2])
         record.invocation_id = invocation_id
@@ -793,10 +1282,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             fault = invocation.script.fault_for(record.attempt)
             if self._send_fault(record, fault):
                 return
-        if not emulator._authorized(self.headers.get("Authorization")):
-            self._send_error(
-                record, 401, "unauthorized", "Missing or invalid API key.", {"WWW-Authenticate": "Bearer"}
-            )
+        if not self._authorized(record):
             return
         if invocation is None:
             self._send_error(record, 404, "not_found", "Invocation not found.")
@@ -819,18 +1305,94 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 return
         self._stream(record, invocation, since_ns, fault)
 
+    def do_POST(self) -> None:
+        """Serve ``POST /invocations``, with the attempt's :class:`PostFault`."""
+        emulator = self.server.emulator
+        record, path = self._begin()
+        if path != "/invocations":
+            self._send_error(record, 404, "not_found", "No such route: %s" % path)
+            return
+        with emulator._lock:
+            record.attempt = emulator._post_count
+            emulator._post_count += 1
+        fault = emulator.post_fault_for(record.attempt)
+        answer = self._invoke(record, fault)
+        if fault.delay and emulator._stopping.wait(fault.delay):
+            answer = None  # stopping: no answer
+        if answer is None:
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        self._send_answer(record, answer)
+
+    def _invoke(self, record: RequestRecord, fault: PostFault) -> Optional[_Answer]:
+        """The answer to a ``POST /invocations`` (None: drop the connection)."""
+        emulator = self.server.emulator
+        if not fault.create:
+            if fault.drop:
+                return None
+            if fault.status is not None:
+                return _fault_answer(fault.status, fault.retry_after)
+        if not emulator._authorized(self.headers.get("Authorization")):
+            return _UNAUTHORIZED
+        request = _parse_create(record.body)
+        if isinstance(request, str):
+            return _error(400, "bad_request", request)
+        action = emulator._action(request.app_name, request.action_name, request.version)
+        if action is None:
+            return _error(
+                404,
+                "not_found",
+                "No action %s/%s at version %s." % (request.app_name, request.action_name, request.version),
+            )
+        try:
+            invocation, created = emulator._invoke(action, request.payload)
+        except Exception as exc:
+            if emulator._stopping.is_set():
+                return None  # stopping: no answer
+            # A faulty script factory: tell the test, do not hang it.
+            return _error(500, "internal_error", "The action's script factory failed: %r" % (exc,))
+        record.invocation_id = invocation.id
+        if fault.drop:
+            return None
+        if fault.status is not None:
+            return _fault_answer(fault.status, fault.retry_after)
+        if request.run_async:
+            return 202, created, {}
+        if not invocation.wait_finished(timeout=None):
+            return None
+        return 200, invocation.invocation(), {}
+
+    def do_PATCH(self) -> None:
+        """Serve ``PATCH /invocations/{id}``: finish or cancel."""
+        emulator = self.server.emulator
+        record, path = self._begin()
+        segments = path.split("/")
+        if len(segments) != 3 or segments[:2] != ["", "invocations"] or not segments[2]:
+            self._send_error(record, 404, "not_found", "No such route: %s" % path)
+            return
+        if not self._authorized(record):
+            return
+        record.invocation_id = urllib.parse.unquote(segments[2])
+        with emulator._lock:
+            invocation = emulator._invocations.get(record.invocation_id)
+        if invocation is None:
+            self._send_error(record, 404, "not_found", "Invocation not found.")
+            return
+        update = _parse_update(record.body)
+        if isinstance(update, str):
+            self._send_error(record, 400, "bad_request", update)
+            return
+        self._send_json(record, 200, invocation.finish(*update))
+
+    def _send_answer(self, record: RequestRecord, answer: _Answer) -> None:
+        status, body, headers = answer
+        self._send_json(record, status, body, headers)
+
     def _send_fault(self, record: RequestRecord, fault: Fault) -> bool:
         """Answer an injected status or redirect; True if one was sent."""
         if fault.status is not None:
-            headers = {} if fault.retry_after is None else {"Retry-After": fault.retry_after}
-            code = {429: "rate_limited", 502: "bad_gateway", 503: "service_unavailable"}
-            self._send_error(
-                record,
-                fault.status,
-                code.get(fault.status, "internal_error"),
-                "Injected fault: status %d." % fault.status,
-                headers,
-            )
+            self._send_answer(record, _fault_answer(fault.status, fault.retry_after))
             return True
         if fault.redirect_to is not None:
             record.status = fault.redirect_status
@@ -916,6 +1478,14 @@ class _Stream:
         if self.fault.bom:
             self.out.write(_BOM)
             self.out.flush()
+        on_connect = self.invocation.script.state_on_connect
+        if self.emulator.state_on_connect if on_connect is None else on_connect:
+            # A real server may report the current state first, stamped with the time
+            # of the report, not of the change: clients must not resume from it.
+            self.out.write(self._encode(self.invocation._snapshot(time.time_ns())))
+            self.out.flush()
+            self.record.state_on_connect = True
+            self.last_write = time.monotonic()
         if self._checkpoint():
             return True
         position = 0
@@ -932,6 +1502,11 @@ class _Stream:
             position += len(batch)
             for event in batch:
                 if event.ns < self.since_ns:
+                    if event.terminal and not self.fault.keep_open:
+                        # The invocation is over: the stream ends even if since filtered the final state out.
+                        self._flush()
+                        self.out.end()
+                        return True
                     continue
                 if self.record.events_written == self.fault.drop_after:
                     self._drop(event)
@@ -1069,8 +1644,24 @@ class Emulator:
     ``api_key`` None accepts any non-empty Bearer token (a missing one is still
     401). ``heartbeat_interval`` (seconds, None for never) may be changed at any
     time; it applies from a stream's next wait. ``on_write(event, t)`` is called
-    after each event is on the socket, with ``t`` from ``time.perf_counter()``.
+    after each script event is on the socket, with ``t`` from ``time.perf_counter()``.
     An emulator is started once and stopped once.
+
+    The other keyword arguments are switches, also plain attributes that may be
+    changed at any time (``docs/emulator.md`` describes them):
+
+    - ``page_size``: the ``GET /invocations`` page size when ``limit`` is absent;
+    - ``state_on_connect``: start every events response with the invocation's
+      current ``invocation_state`` stamped with the time of the connect (a
+      script's own ``state_on_connect`` wins);
+    - ``jitter`` / ``jitter_seed``: defaults for scripts added later (see :class:`Script`);
+    - ``post_fault`` / ``post_attempts``: ``POST /invocations`` attempt ``n``
+      (0-based, counted over the emulator) behaves as ``post_attempts[n]`` if
+      there is one, else as ``post_fault``;
+    - ``list_fault`` / ``list_attempts``: the same for ``GET /invocations`` and
+      the names in :data:`LIST_FAULTS` (None: correct headers);
+    - ``register_demo``: register the demo action (:data:`DEMO_APP`,
+      :data:`DEMO_ACTION`, :data:`DEMO_VERSION`).
     """
 
     def __init__(
@@ -1081,19 +1672,45 @@ class Emulator:
         heartbeat_interval: Optional[float] = DEFAULT_HEARTBEAT_INTERVAL,
         quiet: bool = True,
         on_write: Optional[Callable[[EmittedEvent, float], None]] = None,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        state_on_connect: bool = False,
+        jitter: float = 0.0,
+        jitter_seed: Optional[int] = None,
+        post_fault: PostFault = PostFault(),
+        post_attempts: Sequence[PostFault] = (),
+        list_fault: Optional[str] = None,
+        list_attempts: Sequence[Optional[str]] = (),
+        register_demo: bool = True,
     ) -> None:
         """Configure; nothing listens before :meth:`start`."""
         self.api_key = api_key
         self.heartbeat_interval = heartbeat_interval
         self.quiet = quiet
         self.on_write = on_write
+        self.page_size = page_size
+        self.state_on_connect = state_on_connect
+        self.jitter = jitter
+        self.jitter_seed = jitter_seed
+        self.post_fault = post_fault
+        self.post_attempts: Sequence[PostFault] = post_attempts
+        _check_list_fault(list_fault)
+        for name in list_attempts:
+            _check_list_fault(name)
+        self.list_fault = list_fault
+        self.list_attempts: Sequence[Optional[str]] = list_attempts
         self._port = port
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._invocations: Dict[str, EmulatedInvocation] = {}
         self._requests: List[RequestRecord] = []
+        self._actions: Dict[Tuple[str, str, str], Action] = {}
+        self._created: List[str] = []
+        self._post_count = 0
+        self._list_count = 0
         self._server: Optional[_Server] = None
         self._serve_thread: Optional[threading.Thread] = None
+        if register_demo:
+            self.register_action(DEMO_APP, DEMO_ACTION, DEMO_VERSION, _demo_factory)
 
     def __repr__(self) -> str:
         where = self.url if self._server is not None else "not started"
@@ -1138,10 +1755,7 @@ class Emulator:
         if server is not None and self._serve_thread is not None:
             server.shutdown()
             self._serve_thread.join()
-        with self._lock:
-            invocations = list(self._invocations.values())
-        for invocation in invocations:
-            invocation._wake()
+        self._wake_all()
         if server is not None:
             with server.lock:
                 connections, threads = list(server.connections), list(server.threads)
@@ -1151,20 +1765,96 @@ class Emulator:
             for thread in threads:
                 thread.join()
             server.server_close()
-        for invocation in invocations:
+        # Again: a POST being handled may have created an invocation since the first wake.
+        for invocation in self._wake_all():
             invocation._join()
+
+    def _wake_all(self) -> List[EmulatedInvocation]:
+        with self._lock:
+            invocations = list(self._invocations.values())
+        for invocation in invocations:
+            invocation._wake()
+        return invocations
 
     def add(self, script: Script) -> EmulatedInvocation:
         """Add an invocation and start running its script at once."""
+        invocation = self._create(script)
+        invocation._start()
+        return invocation
+
+    def _create(self, script: Script) -> EmulatedInvocation:
+        """Add an invocation without starting its script."""
         with self._lock:
             if self._stopping.is_set():
                 raise RuntimeError("the emulator is stopped")
             if script.id in self._invocations:
                 raise ValueError("invocation %r already exists" % (script.id,))
-            invocation = EmulatedInvocation(script, self._stopping)
+            invocation = EmulatedInvocation(
+                script, self._stopping, jitter=self.jitter, jitter_seed=self.jitter_seed
+            )
             self._invocations[script.id] = invocation
-            invocation._start()
         return invocation
+
+    def register_action(
+        self, app_name: str, action_name: str, version: str, script: Union[Script, ScriptFactory]
+    ) -> Action:
+        """Let ``POST /invocations`` start ``app_name``/``action_name`` at ``version``.
+
+        ``script`` is a template :class:`Script` or a :data:`ScriptFactory` (see
+        :class:`Action`). Registering the same triple again replaces it.
+        """
+        action = Action(app_name, action_name, version, script)
+        with self._lock:
+            self._actions[(app_name, action_name, version)] = action
+        return action
+
+    def unregister_action(self, app_name: str, action_name: str, version: str) -> None:
+        """Forget a registered action (KeyError if there is none)."""
+        with self._lock:
+            del self._actions[(app_name, action_name, version)]
+
+    @property
+    def actions(self) -> List[Action]:
+        """The registered actions, in the order they were first registered."""
+        with self._lock:
+            return list(self._actions.values())
+
+    def load(self, scenario: Scenario) -> List[EmulatedInvocation]:
+        """Apply a scenario's switches, register its actions, add its invocations (started)."""
+        settings = scenario.settings
+        for name in (f.name for f in dataclasses.fields(Settings)):
+            value = getattr(settings, name)
+            if name == "register_demo":
+                if value is False:
+                    with contextlib.suppress(KeyError):
+                        self.unregister_action(DEMO_APP, DEMO_ACTION, DEMO_VERSION)
+            elif value is not None:
+                setattr(self, name, value)
+        for action in scenario.actions:
+            self.register_action(action.app_name, action.action_name, action.version, action.script)
+        return [self.add(script) for script in scenario.invocations]
+
+    def invocations(self) -> List[EmulatedInvocation]:
+        """Every invocation, added or created by ``POST``, oldest first."""
+        with self._lock:
+            return list(self._invocations.values())
+
+    @property
+    def invocations_created(self) -> List[str]:
+        """The ids of the invocations that ``POST /invocations`` created, oldest first.
+
+        Faults with ``create`` count (the invocation was started); refused requests do not.
+        """
+        with self._lock:
+            return list(self._created)
+
+    def post_fault_for(self, attempt: int) -> PostFault:
+        """The fault options of ``POST /invocations`` attempt ``attempt`` (0-based)."""
+        return self.post_attempts[attempt] if attempt < len(self.post_attempts) else self.post_fault
+
+    def list_fault_for(self, attempt: int) -> Optional[str]:
+        """The pagination fault of ``GET /invocations`` request ``attempt`` (0-based)."""
+        return self.list_attempts[attempt] if attempt < len(self.list_attempts) else self.list_fault
 
     def invocation(self, invocation_id: str) -> EmulatedInvocation:
         """The invocation added with ``invocation_id`` (KeyError if none)."""
@@ -1181,6 +1871,21 @@ class Emulator:
         """Forget the requests recorded so far."""
         with self._lock:
             del self._requests[:]
+
+    def _action(self, app_name: str, action_name: str, version: str) -> Optional[Action]:
+        with self._lock:
+            return self._actions.get((app_name, action_name, version))
+
+    def _invoke(self, action: Action, payload: Optional[str]) -> Tuple[EmulatedInvocation, Dict[str, object]]:
+        """Create and start an invocation of ``action``; return it and its object as created."""
+        # 20 base-36 characters: unguessable-looking, and a clash is beyond any test's reach.
+        invocation_id = "inv_" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(20))
+        invocation = self._create(action.make_script(invocation_id, payload))
+        with self._lock:
+            self._created.append(invocation_id)
+        created = invocation.invocation()  # before the script runs: status "queued"
+        invocation._start()
+        return invocation, created
 
     def _record(self, record: RequestRecord) -> None:
         with self._lock:
@@ -1307,6 +2012,17 @@ def demo_script(
     )
 
 
+def _demo_factory(payload: Optional[str]) -> Script:
+    """The demo action's script: :func:`demo_script` at the payload's ``speed`` (default 1)."""
+    speed = 1.0
+    with contextlib.suppress(ValueError, TypeError, AttributeError):
+        # A payload that is not {"speed": positive number} just runs at normal speed.
+        value = json.loads(payload or "{}").get("speed", 1.0)
+        if not isinstance(value, bool) and float(value) > 0:
+            speed = float(value)
+    return demo_script(speed)
+
+
 # ---------------------------------------------------------------- command line
 
 
@@ -1318,36 +2034,80 @@ def _on_sigterm(signum: int, frame: object) -> None:
     raise _Terminated()
 
 
+def _paste_lines(emulator: Emulator, scripts: Sequence[Script], api_key: Optional[str]) -> List[str]:
+    """What to paste into another shell to use the emulator: one line per invocation and action."""
+    # A key given with --api-key is a secret: it is never printed, the user sets it.
+    env = "KERNEL_BASE_URL=%s" % emulator.url
+    lines = []
+    if api_key is None:
+        env += " KERNEL_API_KEY=emulator-key"
+    else:
+        lines.append("Set KERNEL_API_KEY to the key given with --api-key, then:")
+    lines += ["  %s kernel-sse follow %s" % (env, shlex.quote(script.id)) for script in scripts]
+    lines += [
+        "  %s kernel-sse invoke %s %s --version %s"
+        % (env, shlex.quote(a.app_name), shlex.quote(a.action_name), shlex.quote(a.version))
+        for a in emulator.actions
+    ]
+    return lines
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m kernel_sse_emulator``: print the base URL, serve until interrupted."""
+    """``python kernel_sse_emulator.py``: print the base URL, serve until interrupted."""
     parser = argparse.ArgumentParser(
-        prog="python -m kernel_sse_emulator", description="A local emulator of the Kernel invocation API."
+        prog="python kernel_sse_emulator.py",
+        description="A local emulator of the Kernel invocation API. The scenario format, "
+        "the endpoints and every switch are described in docs/emulator.md.",
     )
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
     parser.add_argument("--api-key", help="the only key accepted (default: any non-empty Bearer key)")
-    parser.add_argument("--scenario", help="JSON file with a script or a list of scripts (default: the demo)")
-    parser.add_argument("--heartbeat", type=float, default=DEFAULT_HEARTBEAT_INTERVAL, help="seconds")
+    parser.add_argument(
+        "--scenario", help="JSON scenario file: invocations, actions, switches (default: the demo invocation)"
+    )
+    parser.add_argument(
+        "--heartbeat", type=float, default=None, help="seconds of idleness before a heartbeat (default: 2)"
+    )
     parser.add_argument("--speed", type=float, default=1.0, help="speed factor of the demo scenario")
+    parser.add_argument("--page-size", type=int, help="GET /invocations page size without limit (default 20)")
+    parser.add_argument(
+        "--state-on-connect", action="store_true", help="each event stream starts with the current state, stamped now"
+    )
+    parser.add_argument("--jitter", type=float, help="bound in seconds of random log/error timestamp jitter")
+    parser.add_argument("--jitter-seed", type=int, help="seed of that jitter, for reproducible runs")
     parser.add_argument("-q", "--quiet", action="store_true", help="do not log requests")
     args = parser.parse_args(argv)
     try:
-        scripts = load_scenario(args.scenario) if args.scenario else [demo_script(args.speed)]
+        if args.scenario:
+            scenario = load_scenario_file(args.scenario)
+        else:
+            scenario = Scenario(invocations=(demo_script(args.speed),))
     except (OSError, ValueError, TypeError) as exc:
         parser.error("cannot load scenario: %s" % (exc,))
-    emulator = Emulator(api_key=args.api_key, port=args.port, heartbeat_interval=args.heartbeat, quiet=args.quiet)
+    emulator = Emulator(api_key=args.api_key, port=args.port, quiet=args.quiet)
     try:
         emulator.start()
     except OSError as exc:
         parser.error("cannot listen on 127.0.0.1:%d: %s" % (args.port, exc.strerror or exc))
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        for script in scripts:
+        emulator.load(dataclasses.replace(scenario, invocations=()))
+        # Command-line switches win over the scenario's; set before the scripts are added,
+        # as an invocation takes its jitter when it is added.
+        for name in ("page_size", "jitter", "jitter_seed"):
+            if getattr(args, name) is not None:
+                setattr(emulator, name, getattr(args, name))
+        if args.heartbeat is not None:
+            emulator.heartbeat_interval = args.heartbeat
+        elif not args.scenario:  # the demo: heartbeats in proportion to its speed
+            emulator.heartbeat_interval = DEFAULT_HEARTBEAT_INTERVAL / args.speed
+        if args.state_on_connect:
+            emulator.state_on_connect = True
+        for script in scenario.invocations:
             emulator.add(script)
         print(emulator.url, flush=True)
-        required = "the key given with --api-key" if args.api_key else "any non-empty Bearer key"
-        print("Kernel API emulator; API key: %s. Invocations:" % required, file=sys.stderr)
-        for script in scripts:
-            print("  %s/invocations/%s/events" % (emulator.url, script.id), file=sys.stderr)
+        print("Kernel API emulator at %s (docs/emulator.md). To try it:" % emulator.url, file=sys.stderr)
+        for line in _paste_lines(emulator, scenario.invocations, args.api_key):
+            print(line, file=sys.stderr)
         print("Press Ctrl-C to stop.", file=sys.stderr, flush=True)
         while True:
             time.sleep(3600)

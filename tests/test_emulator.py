@@ -6,6 +6,8 @@ chunk) where the test is about bytes on the wire, with http.client elsewhere.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import gc
 import http.client
 import json
@@ -25,7 +27,13 @@ import pytest
 
 from kernel_sse_emulator import (
     DEFAULT_HEARTBEAT_INTERVAL,
+    DEFAULT_PAGE_SIZE,
+    DEMO_ACTION,
+    DEMO_APP,
     DEMO_INVOCATION_ID,
+    DEMO_VERSION,
+    LIST_FAULTS,
+    Action,
     EmittedEvent,
     Emulator,
     Error,
@@ -34,16 +42,22 @@ from kernel_sse_emulator import (
     Log,
     Malformed,
     Pause,
+    PostFault,
     Raw,
+    Scenario,
     Script,
+    Settings,
     State,
     Unknown,
     demo_script,
     format_timestamp,
     load_scenario,
+    load_scenario_file,
+    main,
     parse_since,
     parse_timestamp,
     running_emulator,
+    scenario_from_json,
     script_from_dict,
 )
 
@@ -868,3 +882,816 @@ def test_official_sdk_sends_since(emulator: Emulator) -> None:
         client.close()
     assert [e.event for e in events] == ["log", "invocation_state"] and events[0].message == "b"
     assert emulator.requests[0].query["since"] == ["2025-06-20T12:00:00.001000000Z"]
+
+
+# ---------------------------------------------------------------- the invocation endpoints
+
+QUICK = Script(steps=(State("running"), Log("working"), State("succeeded", output={"ok": True})))
+
+
+def call(
+    emu: Emulator,
+    method: str,
+    path: str,
+    body: object = None,
+    headers: Optional[Dict[str, str]] = None,
+    timeout: float = 5,
+) -> Tuple[int, http.client.HTTPMessage, Any]:
+    """One request with http.client (authorized by default): status, headers, decoded JSON body."""
+    data = None if body is None else body if isinstance(body, bytes) else json.dumps(body).encode()
+    sent = dict(auth(emu) if headers is None else headers)
+    if data is not None:
+        sent["Content-Type"] = "application/json"
+    conn = http.client.HTTPConnection("127.0.0.1", emu.port, timeout=timeout)
+    try:
+        conn.request(method, path, body=data, headers=sent)
+        response = conn.getresponse()
+        raw = response.read()
+        return response.status, response.headers, json.loads(raw) if raw else None
+    finally:
+        conn.close()
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 5.0) -> None:
+    """Poll ``condition`` until it is true; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def invoke(emu: Emulator, **fields: Any) -> Tuple[int, http.client.HTTPMessage, Any]:
+    body: Dict[str, Any] = {"app_name": "app", "action_name": "act", "version": "1"}
+    body.update(fields)
+    return call(emu, "POST", "/invocations", body)
+
+
+def test_post_waits_for_the_end_without_async(emulator: Emulator) -> None:
+    emulator.register_action("app", "act", "1", QUICK)
+    status, _, created = invoke(emulator, payload='{"q": 1}')
+    assert status == 200 and created["status"] == "succeeded" and json.loads(created["output"]) == {"ok": True}
+    assert created["id"].startswith("inv_") and len(created["id"]) == 24
+    assert (created["app_name"], created["action_name"], created["version"]) == ("app", "act", "1")
+    assert created["payload"] == '{"q": 1}' and created["finished_at"]
+    assert emulator.invocations_created == [created["id"]]
+    assert call(emulator, "GET", "/invocations/" + created["id"])[2] == created
+    _, body, ended = read_all(emulator, "/invocations/%s/events" % created["id"])
+    assert ended and [e.get("message") for e in events_in(body)] == [None, "working", None]
+    (post,) = [r for r in emulator.requests if r.method == "POST"]
+    assert post.invocation_id == created["id"] and post.attempt == 0 and json.loads(post.body)["payload"]
+    assert invoke(emulator, payload='{"q": 1}')[2]["id"] != created["id"]  # not idempotent: a new one
+
+
+def test_post_async_answers_queued_at_once(emulator: Emulator) -> None:
+    gate = Gate()
+    emulator.register_action("app", "act", "1", Script(steps=(State("running"), gate, State("succeeded"))))
+    status, _, created = invoke(emulator, **{"async": True, "async_timeout_seconds": 60})
+    assert status == 202 and created["status"] == "queued" and created["finished_at"] is None
+    assert "payload" not in created
+    assert gate.reached.wait(5)
+    inv = emulator.invocation(created["id"])
+    assert call(emulator, "GET", "/invocations/" + inv.id)[2]["status"] == "running" and not inv.finished
+    gate.release()
+    assert inv.wait_finished() and inv.invocation()["status"] == "succeeded"
+    assert emulator.invocations() == [inv]
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (b"not json", "JSON object"),
+        (b"\xff", "JSON object"),
+        ([1], "JSON object"),
+        ({"action_name": "act", "version": "1"}, "Missing required field: app_name"),
+        ({"app_name": "app", "version": "1"}, "Missing required field: action_name"),
+        ({"app_name": "app", "action_name": "act", "version": ""}, "version"),
+        ({"app_name": 1, "action_name": "act", "version": "1"}, "app_name"),
+        ({"app_name": "app", "action_name": "act", "version": "1", "payload": {"q": 1}}, "payload"),
+        ({"app_name": "app", "action_name": "act", "version": "1", "async": "yes"}, "async"),
+        ({"app_name": "app", "action_name": "act", "version": "1", "async": True, "async_timeout_seconds": 9}, "10"),
+        ({"app_name": "app", "action_name": "act", "version": "1", "async": True, "async_timeout_seconds": 3601}, "10"),
+        ({"app_name": "app", "action_name": "act", "version": "1", "async": True, "async_timeout_seconds": "60"}, "10"),
+        ({"app_name": "app", "action_name": "act", "version": "1", "async": True, "async_timeout_seconds": True}, "10"),
+        ({"app_name": "app", "action_name": "act", "version": "1", "async_timeout_seconds": 60}, "async: true"),
+    ],
+)
+def test_post_bad_body_is_400(emulator: Emulator, body: Any, message: str) -> None:
+    emulator.register_action("app", "act", "1", QUICK)
+    status, _, error = call(emulator, "POST", "/invocations", body)
+    assert status == 400 and set(error) == {"code", "message"} and error["code"] == "bad_request"
+    assert message in error["message"]
+    assert emulator.invocations_created == [] and emulator.invocations() == []
+
+
+def test_post_without_a_length_is_400_and_closes(emulator: Emulator) -> None:
+    sock = socket.create_connection(("127.0.0.1", emulator.port), timeout=5)
+    try:
+        sock.sendall(
+            b"POST /invocations HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n" % str(emulator.api_key).encode()
+        )
+        answer = b""
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                break
+            answer += data
+    finally:
+        sock.close()
+    assert answer.startswith(b"HTTP/1.1 400") and answer.count(b"HTTP/1.1") == 1
+
+
+def test_post_unknown_action_auth_and_routes(emulator: Emulator) -> None:
+    emulator.register_action("app", "act", "1", QUICK)
+    status, _, error = invoke(emulator, version="2")
+    assert status == 404 and error == {"code": "not_found", "message": "No action app/act at version 2."}
+    status, headers, error = call(emulator, "POST", "/invocations", {"app_name": "app"}, {"Authorization": "Bearer bad"})
+    assert status == 401 and error["code"] == "unauthorized" and headers["WWW-Authenticate"] == "Bearer"
+    assert call(emulator, "POST", "/invocations/x", {})[0] == 404
+    assert emulator.invocations_created == []
+
+
+def test_registry(emulator: Emulator) -> None:
+    assert [(a.app_name, a.action_name, a.version) for a in emulator.actions] == [(DEMO_APP, DEMO_ACTION, DEMO_VERSION)]
+    payloads: List[Optional[str]] = []
+
+    def factory(payload: Optional[str]) -> Script:
+        payloads.append(payload)
+        return Script("ignored", [State("failed" if payload else "succeeded")], app_name="x", start=START)
+
+    action = emulator.register_action("app", "act", "1", factory)
+    made = action.make_script("inv_1", '"p"')
+    assert (made.id, made.app_name, made.action_name, made.version, made.payload, made.start) == (
+        "inv_1", "app", "act", "1", '"p"', None
+    )
+    assert invoke(emulator, payload="1")[2]["status"] == "failed"
+    assert invoke(emulator)[2]["status"] == "succeeded" and payloads == ['"p"', "1", None]
+    emulator.register_action("app", "act", "1", QUICK)  # replaces
+    assert len(emulator.actions) == 2 and invoke(emulator)[2]["output"] == '{"ok":true}'
+    emulator.unregister_action("app", "act", "1")
+    assert invoke(emulator)[0] == 404
+    with pytest.raises(KeyError):
+        emulator.unregister_action("app", "act", "1")
+    assert Emulator(register_demo=False).actions == []
+
+
+def test_failing_factory_is_500(emulator: Emulator) -> None:
+    def broken(payload: Optional[str]) -> Script:
+        raise RuntimeError("no script today")
+
+    emulator.register_action("app", "act", "1", broken)
+    status, _, error = invoke(emulator)
+    assert status == 500 and "no script today" in error["message"] and emulator.invocations_created == []
+
+
+def test_demo_action(emulator: Emulator) -> None:
+    status, _, final = invoke(emulator, app_name=DEMO_APP, action_name=DEMO_ACTION, version=DEMO_VERSION,
+                              payload=json.dumps({"speed": 50}))
+    assert status == 200 and final["status"] == "succeeded" and json.loads(final["output"])["products"] == 42
+    for payload in ("not json", "[1]", '{"speed": 0}', '{"speed": true}', None):
+        fields: Dict[str, Any] = {"app_name": DEMO_APP, "action_name": DEMO_ACTION, "version": DEMO_VERSION}
+        if payload is not None:
+            fields["payload"] = payload
+        status, _, created = invoke(emulator, **fields, **{"async": True})
+        assert status == 202
+        inv = emulator.invocation(created["id"])
+        assert sum(isinstance(s, Pause) for s in inv.script.steps) and inv.script.steps[1] == Pause(0.4)  # speed 1
+        inv.finish("failed")
+
+
+# ---------------------------------------------------------------- POST faults
+
+
+def test_post_drop_creates_nothing(emulator: Emulator) -> None:
+    emulator.register_action("app", "act", "1", QUICK)
+    emulator.post_attempts = [PostFault(drop=True)]
+    with pytest.raises(http.client.RemoteDisconnected):
+        invoke(emulator)
+    assert emulator.invocations_created == [] and emulator.requests[0].status is None
+    assert invoke(emulator)[0] == 200 and len(emulator.invocations_created) == 1
+    assert [r.attempt for r in emulator.requests] == [0, 1]
+
+
+def test_post_drop_after_creating(emulator: Emulator) -> None:
+    emulator.register_action("app", "act", "1", QUICK)
+    emulator.post_fault = PostFault(drop=True, create=True)
+    with pytest.raises(http.client.RemoteDisconnected):
+        invoke(emulator)
+    (created,) = emulator.invocations_created
+    assert emulator.requests[0].invocation_id == created
+    assert emulator.invocation(created).wait_finished()
+
+
+@pytest.mark.parametrize("status", [500, 502, 503])
+def test_post_5xx_after_creating(emulator: Emulator, status: int) -> None:
+    emulator.register_action("app", "act", "1", QUICK)
+    emulator.post_attempts = [PostFault(status=status, create=True)]
+    code, _, error = invoke(emulator, **{"async": True})
+    assert code == status and set(error) == {"code", "message"}
+    assert len(emulator.invocations_created) == 1  # started, although the client saw an error
+    assert invoke(emulator)[0] == 200 and len(emulator.invocations_created) == 2
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_post_refused_with_retry_after(emulator: Emulator, status: int) -> None:
+    emulator.register_action("app", "act", "1", QUICK)
+    emulator.post_attempts = [PostFault(status=status, retry_after="1"), PostFault(status=status)]
+    code, headers, error = call(emulator, "POST", "/invocations", b"anything", {})  # before auth and body
+    assert (code, headers["Retry-After"]) == (status, "1") and error["code"] in ("rate_limited", "service_unavailable")
+    code, headers, _ = invoke(emulator)
+    assert code == status and headers["Retry-After"] is None
+    assert emulator.invocations_created == [] and invoke(emulator)[0] == 200
+
+
+def test_post_slow_answer_after_creating(emulator: Emulator) -> None:
+    emulator.register_action("app", "act", "1", QUICK)
+    emulator.post_attempts = [PostFault(delay=30)]
+    with pytest.raises(socket.timeout):  # the client gives up first ...
+        call(emulator, "POST", "/invocations", {"app_name": "app", "action_name": "act", "version": "1"}, timeout=0.3)
+    assert len(emulator.invocations_created) == 1  # ... but the invocation was started
+
+
+def test_post_faults_and_invalid_request(emulator: Emulator) -> None:
+    emulator.register_action("app", "act", "1", QUICK)
+    emulator.post_attempts = [PostFault(status=500, create=True, delay=0.01)]
+    assert call(emulator, "POST", "/invocations", {"app_name": "app"})[0] == 400  # the fault cannot create
+    assert emulator.invocations_created == [] and emulator.post_fault_for(0).status == 500
+    assert emulator.post_fault_for(1) == PostFault()
+
+
+def test_post_fault_options_are_checked() -> None:
+    for bad in ({"status": 500, "drop": True}, {"create": True}, {"delay": -1}):
+        with pytest.raises(ValueError):
+            PostFault(**bad)
+
+
+def test_stop_while_a_post_waits(emulator: Emulator) -> None:
+    emulator.register_action("app", "act", "1", Script(steps=(State("running"), Pause(30))))
+    emulator.register_action("app", "slow", "1", QUICK)
+    emulator.post_attempts = [PostFault(), PostFault(delay=30)]
+    errors: List[BaseException] = []
+
+    def post(action: str) -> None:
+        try:
+            invoke(emulator, action_name=action)
+        except (OSError, http.client.HTTPException) as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=post, args=(name,)) for name in ("act", "slow")]
+    threads[0].start()
+    wait_for(lambda: emulator.invocations_created)
+    threads[1].start()
+    wait_for(lambda: len(emulator.invocations_created) == 2)
+    emulator.stop()
+    for thread in threads:
+        thread.join(10)
+    assert len(errors) == 2  # both dropped without an answer
+    assert isinstance(emulator.post_fault, PostFault)
+
+
+def test_post_while_stopping_is_dropped() -> None:
+    emu = Emulator(api_key="k").start()
+    emu.register_action("app", "act", "1", QUICK)
+    emu._stopping.set()  # as stop() does first: a POST arriving now creates nothing
+    try:
+        with pytest.raises((http.client.RemoteDisconnected, ConnectionError)):
+            invoke(emu)
+    finally:
+        emu._stopping.clear()
+        emu.stop()
+    assert emu.invocations_created == []
+
+
+# ---------------------------------------------------------------- GET /invocations
+
+
+def listing(emu: Emulator, **query: Any) -> Tuple[int, http.client.HTTPMessage, Any]:
+    return call(emu, "GET", "/invocations?" + urllib.parse.urlencode(query))
+
+
+def ids(page: Any) -> List[str]:
+    return [item["id"] for item in page]
+
+
+def add_many(emu: Emulator, count: int, **options: Any) -> List[str]:
+    """``count`` invocations a minute apart from START, so the newest is the last."""
+    made = []
+    for n in range(count):
+        start = format_timestamp(START_NS + n * 60 * 10**9)
+        made.append(emu.add(Script("inv_%02d" % n, [State("succeeded")], start=start, **options)).id)
+    return made
+
+
+def test_list_newest_first_and_headers(emulator: Emulator) -> None:
+    made = add_many(emulator, 3)
+    emulator.add(Script("same_time_later", [], start=START))  # equal started_at: the later added first
+    status, headers, page = listing(emulator)
+    assert status == 200 and headers["Content-Type"] == "application/json"
+    assert ids(page) == made[::-1][:2] + ["same_time_later", "inv_00"]
+    assert (headers["X-Has-More"], headers["X-Next-Offset"]) == ("false", "0")
+    assert page[-1] == emulator.invocation("inv_00").invocation()
+
+
+def test_list_pages(emulator: Emulator) -> None:
+    made = add_many(emulator, 7)[::-1]
+    seen, offset, pages = [], 0, []
+    while True:
+        _, headers, page = listing(emulator, limit=3, offset=offset)
+        seen += ids(page)
+        pages.append((len(page), headers["X-Has-More"], headers["X-Next-Offset"]))
+        if headers["X-Has-More"] == "false":
+            break
+        offset = int(headers["X-Next-Offset"])
+    assert pages == [(3, "true", "3"), (3, "true", "6"), (1, "false", "0")] and seen == made
+    _, headers, page = listing(emulator, limit=3, offset=99)
+    assert page == [] and (headers["X-Has-More"], headers["X-Next-Offset"]) == ("false", "0")
+    _, headers, page = listing(emulator, limit=7)
+    assert len(page) == 7 and headers["X-Has-More"] == "false"
+    _, headers, page = listing(emulator, offset=1)  # pages need not start at multiples of the limit
+    assert ids(page) == made[1:]
+    assert [r.attempt for r in emulator.requests] == list(range(6))
+
+
+def test_list_default_page_size(emulator: Emulator) -> None:
+    assert emulator.page_size == DEFAULT_PAGE_SIZE == 20
+    add_many(emulator, 5)
+    emulator.page_size = 2
+    _, headers, page = listing(emulator)
+    assert len(page) == 2 and (headers["X-Has-More"], headers["X-Next-Offset"]) == ("true", "2")
+    _, headers, page = listing(emulator, offset=4)
+    assert len(page) == 1 and headers["X-Has-More"] == "false"
+
+
+@pytest.mark.parametrize("fault", LIST_FAULTS)
+def test_list_faults(emulator: Emulator, fault: str) -> None:
+    add_many(emulator, 5)
+    emulator.list_fault = fault
+    first = listing(emulator, limit=2, offset=2)[1]
+    last = listing(emulator, limit=2, offset=4)[1]
+    expected_more = {
+        "has_more_without_offset": ("true", None),
+        "repeat_offset": ("true", "2"),
+        "zero_offset": ("true", "0"),
+        "no_has_more": (None, "4"),
+    }[fault]
+    assert (first["X-Has-More"], first["X-Next-Offset"]) == expected_more
+    assert (last["X-Has-More"], last["X-Next-Offset"]) == (None if fault == "no_has_more" else "false", "0")
+
+
+def test_list_fault_per_request(emulator: Emulator) -> None:
+    add_many(emulator, 5)
+    emulator.list_attempts = [None, "repeat_offset"]
+    assert listing(emulator, limit=2)[1]["X-Next-Offset"] == "2"
+    assert listing(emulator, limit=2, offset=2)[1]["X-Next-Offset"] == "2"  # repeated
+    assert listing(emulator, limit=2, offset=2)[1]["X-Next-Offset"] == "4"
+    assert emulator.list_fault_for(1) == "repeat_offset" and emulator.list_fault_for(2) is None
+    with pytest.raises(ValueError):
+        Emulator(list_fault="sometimes")
+    with pytest.raises(ValueError):
+        Emulator(list_attempts=[None, "sometimes"])
+
+
+def test_list_filters(emulator: Emulator) -> None:
+    now = time.time_ns()
+    gate = Gate()
+    emulator.add(Script("inv_old", [State("succeeded")], app_name="shop", action_name="scrape", version="1",
+                        start=format_timestamp(now - 3600 * 10**9)))
+    emulator.add(Script("inv_new", [State("failed")], app_name="shop", action_name="Checkout", version="2",
+                        start=format_timestamp(now - 60 * 10**9)))
+    emulator.add(Script("inv_run", [State("running"), gate], app_name="blog", action_name="post", version="1",
+                        start=format_timestamp(now - 10 * 10**9)))
+    emulator.add(Script("inv_queued", [gate], app_name="blog", action_name="post", version="2",
+                        start=format_timestamp(now - 5 * 10**9)))
+    assert gate.reached.wait(5) and emulator.invocation("inv_old").wait_finished()
+    assert emulator.invocation("inv_new").wait_finished()
+    wait_for(lambda: emulator.invocation("inv_run").invocation()["status"] == "running")
+    cases: List[Tuple[Dict[str, str], List[str]]] = [
+        ({"app_name": "shop"}, ["inv_new", "inv_old"]),
+        ({"action_name": "post"}, ["inv_queued", "inv_run"]),
+        ({"version": "1"}, ["inv_run", "inv_old"]),
+        ({"status": "running"}, ["inv_run"]),
+        ({"status": "queued"}, ["inv_queued"]),
+        ({"status": "failed"}, ["inv_new"]),
+        ({"status": "succeeded", "app_name": "shop"}, ["inv_old"]),
+        ({"since": "2m"}, ["inv_queued", "inv_run", "inv_new"]),
+        ({"since": format_timestamp(now - 60 * 10**9)}, ["inv_queued", "inv_run", "inv_new"]),  # inclusive
+        ({"since": ""}, ["inv_queued", "inv_run", "inv_new", "inv_old"]),
+        ({"query": "checkout"}, ["inv_new"]),  # action name, any case
+        ({"query": "BLOG"}, ["inv_queued", "inv_run"]),  # app name
+        ({"query": "_ol"}, ["inv_old"]),  # id
+        ({"query": "nothing"}, []),
+        ({"deployment_id": "dep_1"}, ["inv_queued", "inv_run", "inv_new", "inv_old"]),  # accepted, ignored
+        ({"app_name": "blog", "limit": "1", "offset": "1"}, ["inv_run"]),
+    ]
+    for query, expected in cases:
+        status, _, page = listing(emulator, **query)
+        assert status == 200 and ids(page) == expected, query
+    gate.release()
+
+
+@pytest.mark.parametrize(
+    "query",
+    [{"status": "done"}, {"since": "yesterday"}, {"limit": "0"}, {"limit": "-1"}, {"limit": "x"}, {"offset": "-1"},
+     {"offset": "1.5"}],
+)
+def test_list_bad_query_is_400(emulator: Emulator, query: Dict[str, str]) -> None:
+    status, _, error = listing(emulator, **query)
+    assert status == 400 and error["code"] == "bad_request"
+
+
+def test_list_needs_the_key(emulator: Emulator) -> None:
+    status, _, error = call(emulator, "GET", "/invocations", headers={"Authorization": "Bearer nope"})
+    assert status == 401 and error["code"] == "unauthorized"
+
+
+# ---------------------------------------------------------------- PATCH
+
+
+def test_patch_cancel_ends_a_live_stream(emulator: Emulator) -> None:
+    inv = emulator.add(script(State("running"), Log("working"), Pause(30), Log("never")))
+    stream = open_stream(emulator)
+    try:
+        assert kinds(stream.until_events(2)) == ["invocation_state", "log"]
+        status, _, body = call(emulator, "PATCH", "/invocations/inv", {"status": "failed", "output": '"stopped"'})
+        assert status == 200 and body["status"] == "failed" and body["output"] == '"stopped"'
+        rest, ended = stream.body()
+    finally:
+        stream.close()
+    (final,) = [e for e in events_in(rest) if e["event"] != "sse_heartbeat"]
+    assert ended and final["event"] == "invocation_state" and final["invocation"] == body
+    assert body["status_reason"] == "Invocation was cancelled" and body["finished_at"] == final["timestamp"]
+    assert call(emulator, "GET", "/invocations/inv")[2] == body
+    assert inv.wait_idle(1) and [e.kind for e in inv.emitted()] == ["state", "log", "state"]
+    _, replay, ended = read_all(emulator)  # a later connection replays the cancel too
+    assert ended and events_in(replay)[-1] == final
+
+
+def test_patch_succeeded_through_a_gate_and_a_waiting_post(emulator: Emulator) -> None:
+    gate = Gate()
+    emulator.register_action("app", "act", "1", Script(steps=(State("running"), gate, Log("never"))))
+    answers: List[Any] = []
+    waiter = threading.Thread(target=lambda: answers.append(invoke(emulator)))
+    waiter.start()
+    assert gate.reached.wait(5)
+    (created,) = emulator.invocations_created
+    status, _, body = call(emulator, "PATCH", "/invocations/" + created, {"status": "succeeded"})
+    waiter.join(10)
+    assert status == 200 and body["status"] == "succeeded" and "output" not in body
+    assert body["status_reason"] == "Invocation completed successfully"
+    assert answers[0][0] == 200 and answers[0][2] == body  # the synchronous POST answered with the end
+    inv = emulator.invocation(created)
+    inv.append(Log("ignored"))
+    assert inv.wait_idle(1) and [e.kind for e in inv.emitted()] == ["state", "state"]
+
+
+def test_patch_after_the_end_changes_nothing(emulator: Emulator) -> None:
+    inv = emulator.add(script(State("succeeded", output="1")))
+    assert inv.wait_finished()
+    status, _, body = call(emulator, "PATCH", "/invocations/inv", {"status": "failed"})
+    assert status == 200 and body["status"] == "succeeded" and body == inv.invocation()
+    with pytest.raises(ValueError):
+        inv.finish("running")
+
+
+@pytest.mark.parametrize(
+    "body", [b"{", [1], {}, {"status": "running"}, {"status": "failed", "output": {"a": 1}}]
+)
+def test_patch_bad_body_is_400(emulator: Emulator, body: Any) -> None:
+    emulator.add(script(State("running")))
+    status, _, error = call(emulator, "PATCH", "/invocations/inv", body)
+    assert status == 400 and error["code"] == "bad_request"
+    assert emulator.invocation("inv").invocation()["status"] != "failed"
+
+
+def test_patch_unknown_auth_and_routes(emulator: Emulator) -> None:
+    emulator.add(script(State("running")))
+    assert call(emulator, "PATCH", "/invocations/nope", {"status": "failed"})[0] == 404
+    assert call(emulator, "PATCH", "/invocations", {"status": "failed"})[0] == 404
+    assert call(emulator, "PATCH", "/invocations/inv/events", {"status": "failed"})[0] == 404
+    assert call(emulator, "PATCH", "/invocations/inv", {"status": "failed"}, {})[0] == 401
+    assert emulator.invocation("inv").invocation()["status"] != "failed"
+
+
+def test_wait_finished_timeout_and_stop() -> None:
+    emu = Emulator(api_key="k").start()
+    inv = emu.add(Script("inv", [Pause(30)]))
+    assert inv.wait_finished(0.05) is False
+    results: List[bool] = []
+    waiter = threading.Thread(target=lambda: results.append(inv.wait_finished(None)))
+    waiter.start()
+    emu.stop()
+    waiter.join(5)
+    assert results == [False]
+
+
+# ---------------------------------------------------------------- resume switches
+
+
+def test_state_on_connect(emulator: Emulator) -> None:
+    gate = Gate()
+    emulator.state_on_connect = True
+    emulator.add(script(State("queued"), State("running"), Log("a"), Log("b"), gate, State("succeeded")))
+    assert gate.reached.wait(5)
+    before = time.time_ns()
+    stream = open_stream(emulator, EVENTS + "?since=2025-06-20T12:00:00.003Z")
+    try:
+        first = stream.until_events(2)
+        gate.release()
+        rest, ended = stream.body()
+    finally:
+        stream.close()
+    snapshot = first[0]
+    assert snapshot["event"] == "invocation_state" and snapshot["invocation"]["status"] == "running"
+    assert before <= parse_timestamp(snapshot["timestamp"]) <= time.time_ns()  # stamped at the connect
+    assert first[1]["message"] == "b" and ended and kinds(events_in(rest)) == ["invocation_state"]
+    assert emulator.requests[0].state_on_connect and emulator.requests[0].events_written == 2
+
+
+def test_state_on_connect_per_script(emulator: Emulator) -> None:
+    emulator.add(Script("on", [State("succeeded")], start=START, state_on_connect=True))
+    emulator.state_on_connect = True
+    emulator.add(Script("off", [State("succeeded")], start=START, state_on_connect=False))
+    _, body, _ = read_all(emulator, "/invocations/on/events")
+    on = events_in(body)
+    assert len(on) == 2 and on[0]["invocation"] == on[1]["invocation"] and on[0]["timestamp"] != on[1]["timestamp"]
+    _, body, _ = read_all(emulator, "/invocations/off/events")
+    assert len(events_in(body)) == 1
+
+
+def test_finished_stream_ends_even_when_since_is_past_the_end(emulator: Emulator) -> None:
+    emulator.add(script(Log("a"), State("succeeded")))
+    _, body, ended = read_all(emulator, EVENTS + "?since=2030-01-01T00:00:00Z")
+    assert ended and body == b""
+    emulator.state_on_connect = True  # then the snapshot is the only way to learn the end
+    _, body, ended = read_all(emulator, EVENTS + "?since=2030-01-01T00:00:00Z")
+    (snapshot,) = events_in(body)
+    assert ended and snapshot["invocation"]["status"] == "succeeded"
+
+
+def jittered(emu: Emulator, name: str, **options: Any) -> List[Any]:
+    emu.add(Script(name, [Log(str(n)) for n in range(40)] + [State("succeeded")], start=START, tick=0.01, **options))
+    _, body, _ = read_all(emu, "/invocations/%s/events" % name)
+    return events_in(body)
+
+
+def test_jitter_is_bounded_seeded_and_unordered(emulator: Emulator, make_emulator: Callable[..., Emulator]) -> None:
+    events = jittered(emulator, "j", jitter=0.05, jitter_seed=7)
+    logs = events[:-1]
+    stamps = [parse_timestamp(e["timestamp"]) for e in logs]
+    offsets = [stamp - (START_NS + n * 10**7) for n, stamp in enumerate(stamps)]
+    assert all(abs(offset) <= 5 * 10**7 for offset in offsets) and len(set(offsets)) > 30
+    assert stamps != sorted(stamps)  # not ordered by timestamp any more
+    assert events[-1]["timestamp"] == format_timestamp(START_NS + 40 * 10**7)  # states are not jittered
+    assert jittered(emulator, "j2", jitter=0.05, jitter_seed=7) == [
+        dict(e, invocation=dict(e["invocation"], id="j2")) if e["event"] != "log" else e for e in events
+    ]
+    other = make_emulator(jitter=0.05, jitter_seed=7)  # the emulator's switches, same seed: same stamps
+    assert [e["timestamp"] for e in jittered(other, "j")] == [e["timestamp"] for e in events]
+    assert [e["timestamp"] for e in jittered(other, "j3", jitter=0.0)][:3] == [
+        format_timestamp(START_NS + n * 10**7) for n in range(3)
+    ]
+
+
+def test_since_replays_by_jittered_timestamps_in_stored_order(emulator: Emulator) -> None:
+    events = jittered(emulator, "j", jitter=0.05, jitter_seed=3)
+    since = events[20]["timestamp"]
+    _, body, _ = read_all(emulator, "/invocations/j/events?since=" + since)
+    expected = [e for e in events if parse_timestamp(e["timestamp"]) >= parse_timestamp(since)]
+    assert events_in(body) == expected and len(expected) < len(events) - 1
+
+
+def test_late_events(emulator: Emulator) -> None:
+    emulator.add(script(Log("a"), Log("b", at=2), Log("late", late_by=3.0), Error("e", "m", late_by=0.5), State("succeeded")))
+    _, body, _ = read_all(emulator)
+    events = events_in(body)
+    assert [e["timestamp"] for e in events] == [
+        "2025-06-20T12:00:00.000000000Z",
+        "2025-06-20T12:00:02.000000000Z",
+        "2025-06-20T11:59:59.001000000Z",  # 3 s before its script time
+        "2025-06-20T12:00:01.502000000Z",
+        "2025-06-20T12:00:02.003000000Z",  # the clock did not go back
+    ]
+    _, body, _ = read_all(emulator, EVENTS + "?since=2025-06-20T12:00:00Z")
+    assert [e.get("message", e["event"]) for e in events_in(body)] == ["a", "b", "error", "invocation_state"]
+    _, body, _ = read_all(emulator, EVENTS + "?since=2025-06-20T11:59:59.001Z")
+    assert [e.get("message", e["event"]) for e in events_in(body)] == ["a", "b", "late", "error", "invocation_state"]
+    for bad in ({"late_by": -1.0}, {"late_by": 1.0, "at": START}):
+        with pytest.raises(ValueError):
+            Log("x", **bad)
+    with pytest.raises(ValueError):
+        Script("x", jitter=-1)
+
+
+# ---------------------------------------------------------------- scenarios, docs, command line
+
+
+def test_scenario_forms(tmp_path: Path) -> None:
+    data = {
+        "invocations": [{"id": "a", "steps": [{"type": "log", "message": "hi", "late_by": 1}]}],
+        "actions": [{"app_name": "app", "action_name": "act", "version": "1", "script": {"steps": []}}],
+        "emulator": {
+            "page_size": 5,
+            "heartbeat_interval": 0.5,
+            "state_on_connect": True,
+            "jitter": 0.1,
+            "jitter_seed": 1,
+            "post_fault": {"delay": 0.1},
+            "post_attempts": [{"status": 503, "retry_after": "1"}],
+            "list_fault": "zero_offset",
+            "list_attempts": [None, "repeat_offset"],
+            "register_demo": False,
+        },
+    }
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(data))
+    scenario = load_scenario_file(str(path))
+    assert [s.id for s in scenario.invocations] == ["a"] and load_scenario(str(path)) == list(scenario.invocations)
+    assert scenario.actions[0].script == Script(steps=())
+    assert scenario.settings.post_attempts == (PostFault(status=503, retry_after="1"),)
+    emu = Emulator()
+    emu.load(scenario)
+    assert (emu.page_size, emu.heartbeat_interval, emu.state_on_connect, emu.jitter, emu.jitter_seed) == (
+        5, 0.5, True, 0.1, 1
+    )
+    assert emu.post_fault == PostFault(delay=0.1) and emu.list_attempts == (None, "repeat_offset")
+    assert [a.app_name for a in emu.actions] == ["app"]
+    emu.stop()
+    assert scenario_from_json([{"id": "x"}]).invocations[0].id == "x"
+    assert scenario_from_json({"id": "y"}).invocations[0].id == "y"
+    assert scenario_from_json({"emulator": {}}) == Scenario()
+    kept = Emulator()
+    kept.load(Scenario(settings=Settings(register_demo=True)))
+    assert len(kept.actions) == 1
+    kept.load(Scenario(settings=Settings(register_demo=False)))
+    kept.load(Scenario(settings=Settings(register_demo=False)))  # already gone: fine
+    assert kept.actions == []
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (3, "JSON object"),
+        ({"invocations": [], "extra": 1}, "unknown key"),
+        ({"actions": [{"app_name": "a", "action_name": "b", "version": "1", "script": []}]}, "object"),
+        ({"actions": [{"app_name": "a", "action_name": "b", "version": "1", "script": {"id": "x"}}]}, "no id"),
+        ({"actions": [{"app_name": "", "action_name": "b", "version": "1"}]}, "non-empty"),
+        ({"actions": [{"app_name": "a", "action_name": "b", "version": "1", "x": 1}]}, "unknown key"),
+        ({"emulator": {"speed": 2}}, "unknown key"),
+        ({"emulator": {"list_fault": "bad"}}, "unknown list fault"),
+        ({"emulator": {"list_attempts": ["bad"]}}, "unknown list fault"),
+        ({"emulator": {"page_size": 0}}, "page_size"),
+        ({"emulator": {"post_fault": {"create": True}}}, "create"),
+    ],
+)
+def test_scenario_errors(data: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        scenario_from_json(data)
+
+
+def docs_example() -> Any:
+    """The complete example scenario of docs/emulator.md (the json block after its marker)."""
+    text = Path(ROOT, "docs", "emulator.md").read_text(encoding="utf-8")
+    _, marker, rest = text.partition("<!-- example-scenario -->")
+    assert marker, "docs/emulator.md lost its example marker"
+    block = rest.split("```json\n", 1)[1].split("\n```", 1)[0]
+    return json.loads(block)
+
+
+def test_docs_example_loads_and_runs() -> None:
+    scenario = scenario_from_json(docs_example())
+    assert scenario.invocations and scenario.actions
+    emu = Emulator(api_key="k")
+    with emu:
+        emu.load(scenario)
+        headers = {"Authorization": "Bearer k"}
+        for script in scenario.invocations:
+            path = "/invocations/%s/events" % urllib.parse.quote(script.id, safe="")
+            for _ in script.attempts:  # through the scenario's faulty attempts
+                with contextlib.suppress(http.client.HTTPException, OSError):
+                    request(emu, path, headers)
+            _, body, ended = read_all(emu, path, headers)
+            assert ended and events_in(body)[-1]["invocation"]["status"] in ("succeeded", "failed"), script.id
+        for action in scenario.actions:
+            fields = {"app_name": action.app_name, "action_name": action.action_name, "version": action.version}
+            status: Optional[int] = None
+            for _ in range(len(emu.post_attempts) + 1):  # through the scenario's POST faults
+                with contextlib.suppress(http.client.HTTPException, OSError):
+                    status, _, final = call(emu, "POST", "/invocations", fields, headers)
+                    if status == 200:
+                        break
+            assert status == 200 and final["status"] in ("succeeded", "failed")
+        assert call(emu, "GET", "/invocations", headers=headers)[0] == 200
+
+
+def test_docs_mention_every_switch_and_step() -> None:
+    text = Path(ROOT, "docs", "emulator.md").read_text(encoding="utf-8")
+    names = [f.name for f in dataclasses.fields(Settings)] + [f.name for f in dataclasses.fields(Fault)]
+    names += [f.name for f in dataclasses.fields(PostFault)] + [f.name for f in dataclasses.fields(Script)]
+    names += list(LIST_FAULTS) + ["late_by", "X-Has-More", "X-Next-Offset", "PATCH", "POST /invocations"]
+    missing = [name for name in names if "`%s`" % name not in text and name not in text]
+    assert missing == []
+    source = Path(ROOT, "kernel_sse_emulator.py").read_text(encoding="utf-8")
+    assert "shared/" not in source and "DESIGN" not in source and "spec/" not in source
+
+
+def test_main_prints_paste_ready_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    scenario = tmp_path / "s.json"
+    scenario.write_text(json.dumps({
+        "invocations": [{"id": "inv one", "steps": [{"type": "state", "status": "succeeded"}]}],
+        "actions": [{"app_name": "shop", "action_name": "scrape", "version": "1.2", "script": {}}],
+        "emulator": {"heartbeat_interval": 0.5},
+    }))
+
+    def interrupt(seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(time, "sleep", interrupt)
+    monkeypatch.setattr(signal, "signal", lambda *args: None)
+    assert main(["--scenario", str(scenario), "--state-on-connect", "--jitter", "0.5", "--jitter-seed", "3",
+                 "--page-size", "7", "--port", "0"]) == 0
+    out, err = capsys.readouterr()
+    url = out.strip()
+    assert url.startswith("http://127.0.0.1:") and "docs/emulator.md" in err
+    env = "KERNEL_BASE_URL=%s KERNEL_API_KEY=emulator-key" % url
+    assert "  %s kernel-sse follow 'inv one'\n" % env in err
+    assert "  %s kernel-sse invoke shop scrape --version 1.2\n" % env in err
+    assert "  %s kernel-sse invoke demo run --version 1\n" % env in err
+    assert main(["--api-key", "sekrit", "--heartbeat", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert "sekrit" not in out + err and "Set KERNEL_API_KEY" in err
+    assert "  KERNEL_BASE_URL=%s kernel-sse follow demo\n" % out.strip() in err
+
+
+def test_main_applies_switches(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    seen: List[Emulator] = []
+    real_stop = Emulator.stop
+
+    def stop(self: Emulator) -> None:
+        seen.append(self)
+        real_stop(self)
+
+    def interrupt(seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Emulator, "stop", stop)
+    monkeypatch.setattr(time, "sleep", interrupt)
+    monkeypatch.setattr(signal, "signal", lambda *args: None)
+    assert main(["--state-on-connect", "--jitter", "0.5", "--jitter-seed", "3", "--page-size", "7", "--speed", "4"]) == 0
+    (emu,) = seen
+    assert (emu.state_on_connect, emu.jitter, emu.jitter_seed, emu.page_size) == (True, 0.5, 3, 7)
+    assert emu.heartbeat_interval == DEFAULT_HEARTBEAT_INTERVAL / 4
+    assert emu.invocation(DEMO_INVOCATION_ID)._jitter_ns == 5 * 10**8  # set before the demo was added
+    capsys.readouterr()
+
+
+def test_help_points_to_the_docs(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "docs/emulator.md" in capsys.readouterr().out
+    import kernel_sse_emulator
+
+    assert "docs/emulator.md" in str(kernel_sse_emulator.__doc__)
+
+
+# ---------------------------------------------------------------- the official SDK against the new endpoints
+
+
+def test_official_sdk_invocations(emulator: Emulator) -> None:
+    kernel = pytest.importorskip("kernel")
+    gate = Gate()
+    emulator.register_action("app", "act", "1", QUICK)
+    emulator.register_action("app", "held", "1", Script(steps=(State("running"), gate, State("succeeded"))))
+    client = kernel.Kernel(
+        api_key=emulator.api_key, base_url=emulator.url, max_retries=0, _strict_response_validation=True
+    )
+    try:
+        done = client.invocations.create(app_name="app", action_name="act", version="1", payload='{"q": 1}')
+        queued = client.invocations.create(
+            app_name="app", action_name="held", version="1", async_=True, async_timeout_seconds=60
+        )
+        for _ in range(5):
+            client.invocations.create(app_name="app", action_name="act", version="1", async_=True)
+        retrieved = client.invocations.retrieve(done.id)
+        assert gate.reached.wait(5)
+        cancelled = client.invocations.update(queued.id, status="failed", output='"cancelled"')
+        follow = list(client.invocations.follow(queued.id))
+        pages = list(client.invocations.list(limit=2, app_name="app").iter_pages())
+        listed = [item.id for item in client.invocations.list(limit=2)]  # auto-pagination
+        failed = list(client.invocations.list(status="failed"))
+        with pytest.raises(kernel.NotFoundError):
+            client.invocations.create(app_name="app", action_name="nope", version="1")
+        with pytest.raises(kernel.BadRequestError):
+            client.invocations.create(app_name="app", action_name="act", version="1", async_timeout_seconds=60)
+        emulator.list_fault = "has_more_without_offset"
+        with pytest.raises(RuntimeError, match="X-Has-More"):
+            list(client.invocations.list(limit=2))
+    finally:
+        client.close()
+    assert (done.status, done.output, queued.status) == ("succeeded", '{"ok":true}', "queued")
+    assert retrieved.payload == '{"q": 1}' and retrieved.finished_at is not None
+    assert (cancelled.status, cancelled.output, cancelled.status_reason) == ("failed", '"cancelled"', "Invocation was cancelled")
+    assert follow[-1].invocation.status == "failed"
+    assert [len(page.items) for page in pages] == [2, 2, 2, 1]
+    assert listed == [i.id for i in reversed(emulator.invocations())] and len(listed) == 7
+    assert [i.id for i in failed] == [queued.id]
