@@ -4496,8 +4496,11 @@ def _start_once(run: _Run, state: Optional[_StateFile], payload: Optional[str], 
     if invocation is None:
         invocation = invoke(args.app, args.action, version=args.app_version, payload_json=payload,
                             async_timeout=args.async_timeout, on_request=record, **settings)
-        _say(f"started invocation {invocation.id} ({args.app} {args.action} v{args.app_version}); "
-             f"follow it with: kernel-sse follow {invocation.id}")
+        started = f"started invocation {invocation.id} ({args.app} {args.action} v{args.app_version})"
+        if args.command == "demo":
+            _say(f"{started} on a local emulator")
+        else:
+            _say(f"{started}; follow it with: kernel-sse follow {invocation.id}")
     if state is not None:
         state.invocation_id = invocation.id
         state.save(Checkpoint(), None)
@@ -4618,19 +4621,24 @@ def _list_plugins(plugins: Optional[PluginSet], as_json: bool) -> int:
 
 
 def _run_demo(run: _Run, hooks: Hooks) -> int:
-    """``kernel-sse demo``: follow the emulator's demo invocation, offline."""
+    """``kernel-sse demo``: the path a user runs (invoke, then follow), offline,
+    against a local emulator's demo action."""
     try:
         import kernel_sse_emulator as emulator_module
     except ImportError:
         raise UsageError("the demo needs kernel_sse_emulator.py next to kernel_sse.py (pip install kernel-sse)") from None
     api_key = os.urandom(16).hex()  # a throwaway key: the emulator is local
-    script = emulator_module.demo_script(speed=run.args.speed)
+    args = run.args
     with emulator_module.running_emulator(
-        script, api_key=api_key, heartbeat_interval=emulator_module.DEFAULT_HEARTBEAT_INTERVAL / run.args.speed
+        api_key=api_key, heartbeat_interval=emulator_module.DEFAULT_HEARTBEAT_INTERVAL / args.speed
     ) as emulator:
-        run.args.invocation_id = script.id
-        run.args.base_url = emulator.url
-        return _run_follow(run, hooks, api_key, emulator.url)
+        args.app, args.action, args.app_version = (
+            emulator_module.DEMO_APP, emulator_module.DEMO_ACTION, emulator_module.DEMO_VERSION
+        )
+        args.payload, args.payload_file = json.dumps({"speed": args.speed}), None
+        args.async_timeout, args.cancel_on_exit = None, False
+        args.base_url, args.api_key_file, args.allow_insecure_http = emulator.url, None, False
+        return _run_invoke(run, hooks, api_key, emulator.url)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
