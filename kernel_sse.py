@@ -117,6 +117,8 @@ __all__ = [
     "format_time",
     "visible",
     "json_line",
+    "tagged_text",
+    "tagged_json",
     "format_text",
     "format_json",
     "format_result",
@@ -3062,6 +3064,16 @@ def format_result(invocation: Invocation, elapsed: Optional[float] = None) -> st
     return "\n".join(lines)
 
 
+def tagged_text(line: str, invocation_id: str, width: int = 0) -> str:
+    """A text line prefixed with its invocation id, padded to ``width`` (several follows in one output)."""
+    return f"{visible(invocation_id, one_line=True).ljust(width)}  {line}"
+
+
+def tagged_json(line: str, invocation_id: str) -> str:
+    """A JSON-object line (as :func:`format_json` makes) with ``"invocation_id"`` added first."""
+    return '{"invocation_id":' + json_line(invocation_id) + ("," + line[1:] if line != "{}" else "}")
+
+
 def print_line(line: str, json_of: Optional[KernelEvent] = None) -> None:
     """Print ``line`` on standard output and flush; where stdout cannot
     encode it (a Latin-1 locale, say), lose nothing: a JSON line (give its
@@ -3350,6 +3362,7 @@ class Hooks:
         # A count, not the exceptions: their tracebacks would keep every
         # failing call's events alive for the whole follow.
         self.failures = 0
+        self._context_failures: Dict[int, int] = {}  # by id(): a context lives as long as its follow
         self._reported: set[Tuple[str, str]] = set()
 
     def _call(self, hook: str, **kwargs: object) -> None:
@@ -3363,7 +3376,7 @@ class Hooks:
             except _OutOfTime:
                 if hook != "on_finish":
                     raise  # the deadline passed inside a plugin: the follow ends
-                self.failures += 1
+                self._failed(kwargs.get("context"))
                 print(f"kernel-sse: plugin '{impl.plugin}' did not finish {hook} in time; stopped it",
                       file=sys.stderr)
             except (BrokenPipeError, KeyboardInterrupt, UsageError):
@@ -3372,7 +3385,7 @@ class Hooks:
                 # options (exit 2, before the first request when raised in on_start).
                 raise
             except BaseException as exc:  # noqa: B036 - sys.exit or CancelledError in a hook is a plugin error too
-                self.failures += 1
+                self._failed(kwargs.get("context"))
                 if self.strict:  # fatal: the caller reports it, once
                     raise PluginFailed(impl.plugin, hook, exc) from exc
                 if (impl.plugin, hook) not in self._reported:
@@ -3381,6 +3394,15 @@ class Hooks:
                         _redact(f"kernel-sse: plugin '{impl.plugin}' failed in {hook}: {_describe(exc)}"),
                         file=sys.stderr,
                     )
+
+    def _failed(self, context: object) -> None:
+        self.failures += 1
+        if context is not None:
+            self._context_failures[id(context)] = self._context_failures.get(id(context), 0) + 1
+
+    def failures_in(self, context: FollowContext) -> int:
+        """How many hook calls raised during one follow (several may share these hooks)."""
+        return self._context_failures.get(id(context), 0)
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """Let plugins add command-line options."""
@@ -3496,7 +3518,7 @@ def _follow_through_hooks(
                           (outcome.message + "; " if outcome.message else "") + describe(exc))
     except KeyboardInterrupt:
         pass  # the user insists: the state is saved, stop here
-    if outcome.exit_code == EXIT_SUCCEEDED and hooks.failures:
+    if outcome.exit_code == EXIT_SUCCEEDED and hooks.failures_in(context):
         outcome = Outcome("plugin_error", EXIT_PLUGIN_ERROR, outcome.invocation, outcome.message)
     return outcome, failure
 
@@ -3837,32 +3859,39 @@ class _BuiltinOutput:
         self.output_format = output_format
         self.quiet = quiet
 
-    def _write(self, event: KernelEvent) -> None:
+    def _write(self, event: KernelEvent, context: FollowContext) -> None:
         if self.quiet:
             return
         line = format_json(event) if self.output_format == "jsonl" else format_text(event)
-        if line is not None:
-            print_line(line, event if self.output_format == "jsonl" else None)
+        if line is None:
+            return
+        width = context.options.get("tag_width")
+        if isinstance(width, int):  # several follows share the output
+            if self.output_format == "jsonl":
+                line = tagged_json(line, context.invocation_id)
+            else:
+                line = tagged_text(line, context.invocation_id, width)
+        print_line(line, event if self.output_format == "jsonl" else None)
 
-    def on_log(self, event: LogEvent) -> None:
+    def on_log(self, event: LogEvent, context: FollowContext) -> None:
         """Print a log line."""
-        self._write(event)
+        self._write(event, context)
 
-    def on_state(self, event: InvocationStateEvent) -> None:
+    def on_state(self, event: InvocationStateEvent, context: FollowContext) -> None:
         """Print a state change."""
-        self._write(event)
+        self._write(event, context)
 
-    def on_error(self, event: ErrorEvent) -> None:
+    def on_error(self, event: ErrorEvent, context: FollowContext) -> None:
         """Print an error event."""
-        self._write(event)
+        self._write(event, context)
 
-    def on_heartbeat(self, event: HeartbeatEvent) -> None:
+    def on_heartbeat(self, event: HeartbeatEvent, context: FollowContext) -> None:
         """Heartbeats appear in JSON lines only."""
-        self._write(event)
+        self._write(event, context)
 
-    def on_unknown(self, event: UnknownEvent) -> None:
+    def on_unknown(self, event: UnknownEvent, context: FollowContext) -> None:
         """Print an event of an unknown kind."""
-        self._write(event)
+        self._write(event, context)
 
     def on_terminal(self, invocation: Invocation, context: FollowContext) -> None:
         """Print the result (text output only: JSON lines stay pure)."""

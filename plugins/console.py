@@ -251,17 +251,33 @@ def _print(run: _Follow, line: str, context: Optional[FollowContext] = None) -> 
             _draw_status(run, context.elapsed)
 
 
-def _event_line(run: _Follow, event: kernel_sse.KernelEvent, colour: str = "") -> Optional[str]:
-    """The event's text line, with the timestamp dimmed and the rest in ``colour``."""
+_ID_COLOURS = (_CYAN, _MAGENTA, _YELLOW, _GREEN, "\x1b[34m", "\x1b[91m", "\x1b[96m", "\x1b[95m")
+
+
+def _event_line(
+    run: _Follow, event: kernel_sse.KernelEvent, colour: str = "", context: Optional[FollowContext] = None
+) -> Optional[str]:
+    """The event's text line, with the timestamp dimmed and the rest in
+    ``colour``; prefixed with the invocation id when several follows share
+    the output (``tag_width`` option), in a colour of its own on a terminal."""
     line = event_text(event)
-    if line is None or not run.colour:
-        return line
-    timestamp = getattr(event, "timestamp", None)
-    stamp = format_time(timestamp) if isinstance(timestamp, datetime) else ""
-    if stamp and line.startswith(stamp + " "):
-        rest = line[len(stamp) + 1 :]
-        return _paint(run, stamp, _DIM) + " " + (_paint(run, rest, colour) if colour else rest)
-    return _paint(run, line, colour) if colour else line
+    if line is None:
+        return None
+    width = context.options.get("tag_width") if context is not None else None
+    if run.colour:
+        timestamp = getattr(event, "timestamp", None)
+        stamp = format_time(timestamp) if isinstance(timestamp, datetime) else ""
+        if stamp and line.startswith(stamp + " "):
+            rest = line[len(stamp) + 1 :]
+            line = _paint(run, stamp, _DIM) + " " + (_paint(run, rest, colour) if colour else rest)
+        elif colour:
+            line = _paint(run, line, colour)
+    if context is not None and isinstance(width, int):
+        tag = kernel_sse.tagged_text("", context.invocation_id, width).rstrip()
+        padding = " " * (max(width, len(tag)) - len(tag) + 2)
+        id_colour = _ID_COLOURS[sum(context.invocation_id.encode()) % len(_ID_COLOURS)]
+        line = _paint(run, tag, id_colour) + padding + line
+    return line
 
 
 def _show(event: kernel_sse.KernelEvent, context: FollowContext, colour: str = "") -> None:
@@ -270,7 +286,7 @@ def _show(event: kernel_sse.KernelEvent, context: FollowContext, colour: str = "
         return
     run.note = ""
     run.streaming = True
-    line = None if run.quiet else _event_line(run, event, colour)
+    line = None if run.quiet else _event_line(run, event, colour, context)
     if line is not None:
         _print(run, line, context)
     else:

@@ -99,6 +99,8 @@ def _write(event: KernelEvent, context: FollowContext) -> None:
     if not run.stdout and run.file is None:
         return
     line = kernel_sse.format_json(event)  # valid UTF-8 whatever the values, never loses the line
+    if isinstance(context.options.get("tag_width"), int):  # several follows share the output
+        line = kernel_sse.tagged_json(line, context.invocation_id)
     if run.stdout:
         kernel_sse.print_line(line, event)  # \u escapes where stdout cannot encode
     if run.file is not None:
