@@ -12,6 +12,8 @@ import importlib
 import importlib.util
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any, List
@@ -19,7 +21,7 @@ from typing import Any, List
 import pytest
 
 import kernel_sse
-from kernel_sse_emulator import Error, Log, Pause, Script, State, Step, Unknown
+from kernel_sse_emulator import EmulatedInvocation, Emulator, Error, Gate, Log, Pause, Script, State, Step, Unknown
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,12 +60,14 @@ def basic_script(
 ) -> Script:
     """queued, running, two logs, an error event, an unknown event, the terminal state.
 
-    ``pause`` > 0 waits that long after the first log line (heartbeats come in the
-    fixtures' emulators every 0.25 s); ``kwargs`` go to :class:`Script`.
+    ``pause`` > 0 holds the script after the first log line at a :class:`Gate`
+    that :func:`add_paused` opens ``pause`` seconds after the client connected,
+    so heartbeats (every 0.25 s in the fixtures' emulators) reach it however late
+    it starts; ``kwargs`` go to :class:`Script`.
     """
     steps: List[Step] = [State("queued"), State("running"), Log("hello")]
     if pause:
-        steps.append(Pause(pause))
+        steps.append(Gate())
     steps += [
         Error("selector_timeout", "timed out; retrying"),
         Unknown("browser_ready", {"session": "s1"}),
@@ -71,6 +75,23 @@ def basic_script(
         State(status, output={"answer": 42}),
     ]
     return Script(id=invocation_id, steps=tuple(steps), app_name="shop", action_name="scrape", **kwargs)
+
+
+def add_paused(emulator: Emulator, script: Script, pause: float = 0.35) -> EmulatedInvocation:
+    """Add ``script`` and open its gates ``pause`` seconds after its first request arrived."""
+    invocation = emulator.add(script)
+
+    def wait_then_open() -> None:
+        give_up = time.monotonic() + 60
+        while time.monotonic() < give_up and not any(r.invocation_id == script.id for r in emulator.requests):
+            time.sleep(0.02)
+        time.sleep(pause)
+        for step in script.steps:
+            if isinstance(step, Gate):
+                step.release()
+
+    threading.Thread(target=wait_then_open, daemon=True).start()
+    return invocation
 
 
 def write_plugin(folder: Path, name: str, source: str) -> Path:

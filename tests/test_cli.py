@@ -987,8 +987,23 @@ def _heartbeat(obj: object) -> bool:
     return isinstance(obj, dict) and obj.get("event") == "sse_heartbeat"
 
 
+def release_once_connected(emulator: Emulator, gate: Gate, invocation_id: str, quiet: float) -> None:
+    """Open ``gate`` ``quiet`` seconds after the first request for the invocation (in a thread)."""
+
+    def wait_then_open() -> None:
+        give_up = time.monotonic() + 60
+        while time.monotonic() < give_up and not any(r.invocation_id == invocation_id for r in emulator.requests):
+            time.sleep(0.02)
+        time.sleep(quiet)
+        gate.release()
+
+    threading.Thread(target=wait_then_open, daemon=True).start()
+
+
 def test_jsonl_is_exactly_what_the_api_sent(cli: Cli) -> None:
     cli.emulator.heartbeat_interval = 0.1
+    gate = Gate()
+    release_once_connected(cli.emulator, gate, "inv", 0.45)
     invocation = cli.emulator.add(
         Script(
             "inv",
@@ -1002,7 +1017,7 @@ def test_jsonl_is_exactly_what_the_api_sent(cli: Cli) -> None:
                 Error("selector_timeout", "Timed out", details=[{"code": "selector", "message": ".price"}],
                       inner_error={"code": "inner", "message": "deeper"}),
                 Unknown("browser_ready", {"session": "s1", "ratio": 1.5, "tags": ["a", None]}),
-                Pause(0.45),
+                gate,  # a quiet spell while the client is connected, however late it starts
                 Log("after a pause"),
                 State("succeeded", output={"n": 1.0, "list": [1, 2.5, None], "\u00fc": "x"}),
             ],

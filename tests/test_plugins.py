@@ -31,7 +31,7 @@ import kernel_sse
 # Legal JSON ~1000 levels deep is part of what is tested; the test's own json.loads needs the room too.
 sys.setrecursionlimit(max(sys.getrecursionlimit(), 6000))
 from kernel_sse_emulator import EmulatedInvocation, Emulator, Fault, Log, Malformed, Pause, Script, State
-from plugin_support import ROOT, basic_script, bundled, clean_environment, follow, write_plugin
+from plugin_support import ROOT, add_paused, basic_script, bundled, clean_environment, follow, write_plugin
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 CLEAR = "\r\x1b[K"
@@ -77,7 +77,7 @@ def test_console_prints_plain_lines_and_the_result(
     emulator_env: Emulator, capsys: pytest.CaptureFixture[str]
 ) -> None:
     script = basic_script(pause=0.35)
-    invocation = emulator_env.add(script)
+    invocation = add_paused(emulator_env, script)
     assert follow(script.id) == 0
     out, err = capsys.readouterr()
     assert out.splitlines() == expected_text(invocation)  # heartbeats print nothing
@@ -110,7 +110,7 @@ def test_console_on_a_terminal_has_colour_and_a_status_line(
     emulator_env: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     script = basic_script(pause=0.35, attempts=(Fault(drop_after=4),))
-    invocation = emulator_env.add(script)
+    invocation = add_paused(emulator_env, script)
     terminal = FakeTerminal()
     monkeypatch.setattr(sys, "stdout", terminal)
     assert follow(script.id) == 0
@@ -190,7 +190,7 @@ def test_jsonl_lines_are_the_objects_the_api_sent(
     emulator_env: Emulator, capsys: pytest.CaptureFixture[str]
 ) -> None:
     script = basic_script(pause=0.35)
-    invocation = emulator_env.add(script)
+    invocation = add_paused(emulator_env, script)
     assert follow(script.id, "--format", "jsonl") == 0
     out, err = capsys.readouterr()
     objects = [json.loads(line) for line in out.splitlines()]
@@ -530,7 +530,7 @@ def test_logging_is_off_by_default(emulator_env: Emulator, caplog: pytest.LogCap
 
 def test_logging_levels_by_event_kind(emulator_env: Emulator, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="kernel_sse.events")
-    emulator_env.add(basic_script(status="failed", pause=0.35, attempts=(Fault(drop_after=4),)))
+    add_paused(emulator_env, basic_script(status="failed", pause=0.35, attempts=(Fault(drop_after=4),)))
     assert follow("inv_basic", "--log-events", "--log-level", "debug") == 1
     found = records(caplog)
     by_level: Dict[str, List[str]] = {}
@@ -1257,7 +1257,7 @@ def test_status_line_is_cleared_before_kernel_sse_writes_on_standard_error(
                 if event.message == "world":
                     raise RuntimeError("boom")
         """)
-        emulator_env.add(basic_script(pause=0.35))
+        add_paused(emulator_env, basic_script(pause=0.35))
         assert follow("inv_basic", "-p", str(plugin)) == 5
     assert sys.stderr is terminal  # the console's wrapper is gone
     rows, last = visible_rows(terminal.getvalue())
@@ -1270,7 +1270,7 @@ def test_status_line_is_cleared_before_kernel_sse_writes_on_standard_error(
 def test_no_color_turns_off_colour_only(
     emulator_env: Emulator, monkeypatch: pytest.MonkeyPatch, no_color: str, colour: bool
 ) -> None:
-    emulator_env.add(basic_script(pause=0.35))
+    add_paused(emulator_env, basic_script(pause=0.35))
     terminal = FakeTerminal()
     monkeypatch.setattr(sys, "stdout", terminal)
     monkeypatch.setenv("NO_COLOR", no_color)  # an empty NO_COLOR does not count (no-color.org)
