@@ -9,7 +9,7 @@ Run from the repository root, with the ``bench`` extra installed
 
 It benchmarks the ``kernel_sse.py`` of this checkout (not an installed copy).
 Everything runs over loopback (127.0.0.1) with real sockets, in one run, so the
-ratios are what counts. Targets are those of issue 4 ("Numbers").
+ratios are what counts. The targets are in ``benchmarks/README.md``.
 
 1. Latency: the time from just before a server writes an event to the
    moment ``follow()`` yields it, p50/p90/p99/max over 1,000 events (after a
@@ -43,8 +43,8 @@ ratios are what counts. Targets are those of issue 4 ("Numbers").
 
 3. Identical timestamps: N log events that all carry one timestamp (a burst
    the server stamped at once) against N with distinct timestamps, through
-   ``follow()``. DESIGN 3.3 keeps what was delivered at the boundary
-   timestamp; this shows what that costs as N grows.
+   ``follow()``. The follow remembers what it delivered near the resume point
+   (a bounded window); this shows what that costs as N grows.
 
 Not a test: it prints numbers and exits 0 (1 only if a client delivered wrong
 events or crashed). The SDK rows are skipped with a note if ``kernel`` is not

@@ -1,4 +1,4 @@
-"""Tests of the command line (DESIGN 5, the command-line issue) through the real program.
+"""Tests of the command line (the exit table and options in README.md) through the real program.
 
 Most tests run ``kernel-sse`` as a subprocess, as cron would: a cron-like environment
 (no terminal, no ``TERM``, no ``KERNEL_*`` unless a test sets one), stdout and stderr
@@ -174,7 +174,7 @@ def check_clean(run: Run, secrets: Sequence[str], traceback_ok: bool = False) ->
 
 
 def check_short_error(run: Run) -> None:
-    """DESIGN/issue: an error is one or two clear lines on stderr, prefixed kernel-sse."""
+    """An error is one or two clear lines on stderr, prefixed kernel-sse."""
     assert 1 <= len(run.err_lines) <= 2, run.err
     assert run.err_lines[-1].startswith("kernel-sse"), run.err
 
@@ -365,7 +365,7 @@ def objects(text: str) -> List[object]:
     return [json.loads(line) for line in text.splitlines()]
 
 
-# ---------------------------------------------------------------- exit codes (DESIGN 5)
+# ---------------------------------------------------------------- exit codes
 
 MODES = [pytest.param(False, id="subprocess"), pytest.param(True, id="in-process")]
 

@@ -1,6 +1,6 @@
 """Tests for the typed Kernel event model (``parse_event``).
 
-Built from the endpoint's OpenAPI text (``../shared/spec``): the
+Built from the endpoint's OpenAPI text (summarised in ``docs/kernel-api.md``): the
 ``InvocationEvent`` union with its ``event`` discriminator (``log``,
 ``invocation_state``, ``error``, ``sse_heartbeat``), each schema's
 ``required`` list, and RFC 3339 timestamps with up to nine fractional digits.

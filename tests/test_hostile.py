@@ -1108,7 +1108,7 @@ def test_deeply_nested_unknown_event_is_printed(setup: Setup, fmt: str) -> None:
         result = run_cli(setup.args("--deadline", "8", fmt=fmt), setup.env(server.url), setup.folder)
     assert_sane(result)
     assert result.code == 0, result.describe()
-    if fmt == "jsonl":  # the object the API sent, as sent (DESIGN 5)
+    if fmt == "jsonl":  # the object the API sent, as sent
         deep_lines = [obj for obj in result.jsonl() if obj.get("event") == "deep_thing"]
         assert len(deep_lines) == 1, result.describe()
     assert "first" in result.out and "second" in result.out
