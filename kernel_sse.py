@@ -2553,8 +2553,8 @@ _default_ssl_context: Optional[ssl.SSLContext] = None
 def _shared_ssl_context() -> ssl.SSLContext:
     """One default TLS context for every asyncio follow in the process:
     building one reads and parses the system's CA certificates (well over
-    a hundred milliseconds on a slow disk), too slow for the event loop to
-    do per connection.  A context is safe to share between connections."""
+    a hundred milliseconds on a slow disk), too slow to do per connection
+    or per follower.  A context is safe to share between connections."""
     global _default_ssl_context
     if _default_ssl_context is None:
         import ssl
@@ -2651,6 +2651,9 @@ class _Connector:
     def __init__(self, endpoint: _Endpoint, ssl_context: Optional[ssl.SSLContext]) -> None:
         self.endpoint = endpoint
         self.origin = (endpoint.scheme, endpoint.host, endpoint.port)
+        # Here, not on the event loop: the default context is built from disk.
+        if ssl_context is None and endpoint.scheme == "https":
+            ssl_context = _shared_ssl_context()
         self._ssl_context = ssl_context
 
     async def exchange(
@@ -2681,7 +2684,8 @@ class _Connector:
         scheme, host, port = origin
         if scheme == "http":
             return await _until(asyncio.open_connection(host, port), until)
-        context = self._ssl_context or _shared_ssl_context()
+        context = self._ssl_context
+        assert context is not None, "set for https by __init__"
         if self.endpoint.proxy is None:
             return await _until(asyncio.open_connection(host, port, ssl=context, server_hostname=host), until)
         sock = await self._tunnel(self.endpoint.proxy, host, port, until)
@@ -2769,8 +2773,11 @@ class AsyncFollower:
     Cancelling the task that iterates closes the connection at once and
     re-raises; ``checkpoint`` then covers exactly the events handed over,
     so a new follower given it resumes with nothing lost or repeated.
-    :meth:`aclose` (or leaving ``async with``) stops the follow; to stop one
-    another task is iterating, cancel that task.
+    :meth:`aclose` (or leaving ``async with``) stops the follow; leaving an
+    ``async for`` early does not, so use one of them.  To stop a follow that
+    another task is iterating, cancel that task.  Without ``ssl_context``,
+    the first HTTPS follower of the process builds the default TLS context
+    (reading the system's CA certificates) in its constructor.
     """
 
     def __init__(

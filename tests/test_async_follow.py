@@ -691,9 +691,12 @@ def test_the_certificate_is_checked_through_the_tunnel(
     monkeypatch.setattr(kernel_sse, "_default_ssl_context", None)
     inv = new_id("untrusted")
     emu.add(Script(inv, [Log("x"), State("succeeded")], start=START))
-    events, error = run(collect(on(emu, inv, base_url="https://127.0.0.1:%d" % shim.port, max_retries=1)))
+    base_url = "https://127.0.0.1:%d" % shim.port
+    events, error = run(collect(on(emu, inv, base_url=base_url, max_retries=1)))
     assert isinstance(error, ConnectionFailed), error
     assert "certificate" in str(error).lower()
     assert len(proxy.requests) == 2 and emu.requests == [] and events == []
     shared = kernel_sse._default_ssl_context
     assert shared is not None and shared.verify_mode == ssl.CERT_REQUIRED and shared.check_hostname
+    on(emu, inv, base_url=base_url)  # the next follower shares the default context
+    assert kernel_sse._default_ssl_context is shared
