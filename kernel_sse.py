@@ -106,6 +106,8 @@ __all__ = [
     "Checkpoint",
     "Follower",
     "follow",
+    "AsyncFollower",
+    "afollow",
     # invocation endpoints
     "InvokeUncertain",
     "InvocationsPage",
@@ -2607,6 +2609,545 @@ def follow(
             ssl_context=ssl_context,
             max_event_bytes=max_event_bytes,
         )
+    )
+
+
+# ======================================================================
+# Follow loop: the asyncio driver
+# ======================================================================
+
+# The same follow as Follower's, on asyncio streams and without a thread:
+# FollowState decides, HTTPResponseReader reads, this driver moves bytes.
+# Its one time bound is FollowState.wake_at (the idle limit or the deadline,
+# whichever is first): every await on the network is an asyncio.wait_for
+# that ends there (_until), and an await that ends there asks the state why.
+
+if TYPE_CHECKING:  # pragma: no cover - names for annotations only
+    import asyncio
+    from typing import AsyncGenerator, AsyncIterator, Awaitable
+
+_Result = TypeVar("_Result")
+_PROBE_BODY_LIMIT = 4 * 1024 * 1024
+_default_ssl_context: Optional[ssl.SSLContext] = None
+
+
+def _shared_ssl_context() -> ssl.SSLContext:
+    """One default TLS context for every asyncio follow in the process:
+    building one reads and parses the system's CA certificates (well over
+    a hundred milliseconds on a slow disk), too slow to do per connection
+    or per follower.  A context is safe to share between connections."""
+    global _default_ssl_context
+    if _default_ssl_context is None:
+        import ssl
+
+        _default_ssl_context = ssl.create_default_context()
+    return _default_ssl_context
+
+
+def _network_errors() -> Tuple[Type[BaseException], ...]:
+    """What a failed or timed-out await on the network raises (before
+    Python 3.11, asyncio.TimeoutError is not an OSError)."""
+    import asyncio
+
+    return (OSError, ValueError, HTTPProtocolError, asyncio.TimeoutError)
+
+
+async def _until(awaitable: Awaitable[_Result], wake_at: float) -> _Result:
+    """The result of ``awaitable``, or asyncio.TimeoutError once the loop's
+    clock reaches ``wake_at`` (the awaitable is then cancelled)."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    return await asyncio.wait_for(awaitable, max(0.0, wake_at - loop.time()))
+
+
+def _authority(host: str, port: int, default_port: int = 0) -> str:
+    """``host:port`` as a Host field or a CONNECT target writes it: the name
+    in IDNA, an IPv6 address in brackets, no port when it is the default."""
+    name = host.encode("idna").decode("ascii")
+    if ":" in name:
+        name = f"[{name}]"
+    return name if port == default_port else f"{name}:{port}"
+
+
+class _Response:
+    """One HTTP/1.1 response read off an asyncio stream by HTTPResponseReader:
+    its head, then its body bytes as they arrive (never held back)."""
+
+    def __init__(self, stream: asyncio.StreamReader, method: str = "GET") -> None:
+        self._stream = stream
+        self._reader = HTTPResponseReader(method)
+        self._body: List[bytes] = []  # body bytes read but not yet taken
+
+    @property
+    def head(self) -> ResponseHead:
+        """The response head, once :meth:`read_head` has returned."""
+        head = self._reader.head
+        assert head is not None, "read_head() first"
+        return head
+
+    @property
+    def buffered(self) -> bool:
+        """True when body bytes arrived that :meth:`read` has not returned yet."""
+        return bool(self._body)
+
+    async def read_head(self, until: float) -> ResponseHead:
+        """Read up to the end of the final response's head, by ``until``."""
+        while self._reader.head is None:
+            await self._feed(until)
+        return self.head
+
+    async def read(self, until: float) -> bytes:
+        """The body bytes that arrived next (waiting by ``until`` for some),
+        or ``b""`` at the end of the body."""
+        while not self._body and not self._reader.done:
+            await self._feed(until)
+        data = b"".join(self._body)
+        self._body.clear()
+        return data
+
+    async def read_body(self, limit: int, until: float) -> bytes:
+        """The body, or its first ``limit`` bytes."""
+        body = b""
+        while len(body) < limit:
+            data = await self.read(until)
+            if not data:
+                break
+            body += data
+        return body[:limit]
+
+    async def _feed(self, until: float) -> None:
+        data = await _until(self._stream.read(_READ_SIZE), until)
+        for event in self._reader.feed(data) if data else self._reader.feed_eof():
+            if isinstance(event, BodyData):
+                self._body.append(event.data)
+
+
+class _Connector:
+    """Opens the asyncio follow's connections and sends its requests, with
+    the blocking driver's rules: TLS checked (``ssl_context`` or the default
+    context, the host name verified), the ``HTTPS_PROXY`` CONNECT tunnel,
+    the same headers."""
+
+    def __init__(self, endpoint: _Endpoint, ssl_context: Optional[ssl.SSLContext]) -> None:
+        self.endpoint = endpoint
+        self.origin = (endpoint.scheme, endpoint.host, endpoint.port)
+        # Here, not on the event loop: the default context is built from disk.
+        if ssl_context is None and endpoint.scheme == "https":
+            ssl_context = _shared_ssl_context()
+        self._ssl_context = ssl_context
+
+    async def exchange(
+        self, origin: Tuple[str, str, int], target: str, accept: str, until: float
+    ) -> Tuple[_Response, asyncio.StreamWriter]:
+        """Connect to ``origin``, send ``GET target`` and read the response
+        head, all by ``until`` (connecting within _CONNECT_TIMEOUT as well).
+        The caller closes the returned writer."""
+        import asyncio
+
+        connect_by = min(until, asyncio.get_running_loop().time() + _CONNECT_TIMEOUT)
+        stream, writer = await self.connect(origin, connect_by)
+        try:
+            writer.write(self._request(origin, target, accept))
+            response = _Response(stream)
+            await response.read_head(until)
+            return response, writer
+        except BaseException:
+            writer.transport.abort()
+            raise
+
+    async def connect(
+        self, origin: Tuple[str, str, int], until: float
+    ) -> Tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A connection to ``origin`` (scheme, host, port), through the HTTPS proxy if set."""
+        import asyncio
+
+        scheme, host, port = origin
+        if scheme == "http":
+            return await _until(asyncio.open_connection(host, port), until)
+        context = self._ssl_context
+        assert context is not None, "set for https by __init__"
+        if self.endpoint.proxy is None:
+            return await _until(asyncio.open_connection(host, port, ssl=context, server_hostname=host), until)
+        sock = await self._tunnel(self.endpoint.proxy, host, port, until)
+        try:
+            return await _until(asyncio.open_connection(sock=sock, ssl=context, server_hostname=host), until)
+        except BaseException:
+            sock.close()  # asyncio owns the socket only once the connection is made
+            raise
+
+    async def _tunnel(
+        self, proxy: Tuple[str, int, Optional[str]], host: str, port: int, until: float
+    ) -> socket.socket:
+        """A socket tunnelled to ``host:port`` by the proxy (CONNECT), ready for TLS."""
+        import asyncio
+
+        proxy_host, proxy_port, authorization = proxy
+        stream, writer = await _until(asyncio.open_connection(proxy_host, proxy_port), until)
+        try:
+            authority = _authority(host, port)
+            lines = [f"CONNECT {authority} HTTP/1.1", f"Host: {authority}"]
+            if authorization:
+                lines.append(f"Proxy-Authorization: {authorization}")
+            writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+            response = _Response(stream, "CONNECT")
+            head = await response.read_head(until)
+            if not 200 <= head.status < 300:
+                raise OSError(f"the HTTPS proxy refused the tunnel: {head.status} {head.reason}")
+            if response.buffered:  # the server speaks only after the TLS client's hello
+                raise OSError("the HTTPS proxy sent bytes before the TLS handshake")
+            # The tunnel is a plain socket from here: a duplicate of it goes to
+            # a new TLS connection (old Pythons cannot start TLS on a stream).
+            return cast("socket.socket", writer.get_extra_info("socket").dup())
+        finally:
+            writer.transport.abort()
+
+    def _request(self, origin: Tuple[str, str, int], target: str, accept: str) -> bytes:
+        """The bytes of the request ``GET target`` to ``origin``."""
+        scheme, host, port = origin
+        fields = {
+            "Host": _authority(host, port, 443 if scheme == "https" else 80),
+            "Accept-Encoding": "identity",
+            "Connection": "close",  # never reused: the driver closes it once done
+        }
+        fields.update(self.endpoint.headers(accept))
+        lines = [f"GET {target} HTTP/1.1"] + [f"{name}: {value}" for name, value in fields.items()]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+    async def fetch_invocation(self, invocation_id: str, until: float) -> Tuple[Invocation, JSONObject]:
+        """``GET /invocations/{id}`` on a connection of its own, by ``until``:
+        the invocation and its JSON (the asyncio twin of _fetch_invocation)."""
+        import urllib.parse
+
+        target = f"{self.endpoint.path_prefix}/invocations/{urllib.parse.quote(invocation_id, safe='')}"
+        try:
+            response, writer = await self.exchange(self.origin, target, "application/json", until)
+            try:
+                body = await response.read_body(_PROBE_BODY_LIMIT, until)
+            finally:
+                writer.transport.abort()
+        except _network_errors() as exc:
+            raise _Ended(f"GET {target} failed: {_describe(exc)}") from None
+        status = response.head.status
+        if status != 200:
+            code, message = _error_body(status, body)
+            raise _STATUS_ERRORS.get(status, APIStatusError)(status, code, _redact(message))
+        obj = _json_object(body, "invocation")
+        try:
+            return _invocation(_Fields(obj, "invocation")), obj
+        except _Invalid as exc:
+            raise _Ended(f"the API sent an invocation that is not valid: {exc}") from None
+
+
+class AsyncFollower:
+    """Follows one invocation's event stream to its terminal state, on asyncio.
+
+    ``async for event in AsyncFollower(invocation_id, ...)`` (or
+    :func:`afollow`) yields what iterating a :class:`Follower` with the same
+    arguments yields, with the same rules (see :class:`FollowState`):
+    reconnects and resumes, each event once, idle limit, deadline, status
+    probe, TLS checks, the HTTPS proxy, same-origin redirects, the same
+    errors.  It needs no thread: every wait ends by the follow state's
+    ``wake_at``.  ``checkpoint``, ``attempt``, ``reconnects``,
+    ``invocation`` and ``finished`` are :class:`Follower`'s.
+
+    Cancelling the task that iterates closes the connection at once and
+    re-raises; ``checkpoint`` then covers exactly the events handed over,
+    so a new follower given it resumes with nothing lost or repeated.
+    :meth:`aclose` (or leaving ``async with``) stops the follow; leaving an
+    ``async for`` early does not, so use one of them.  To stop a follow that
+    another task is iterating, cancel that task.  Without ``ssl_context``,
+    the first HTTPS follower of the process builds the default TLS context
+    (reading the system's CA certificates) in its constructor.
+    """
+
+    def __init__(
+        self,
+        invocation_id: str,
+        *,
+        api_key: Optional[str] = None,
+        base_url: Optional[str] = None,
+        since: Optional[str] = None,
+        checkpoint: Optional[Checkpoint] = None,
+        idle_timeout: float = 90.0,
+        deadline: Optional[float] = None,
+        max_retries: int = 10,
+        project_id: Optional[str] = None,
+        allow_insecure_http: bool = False,
+        ssl_context: Optional[ssl.SSLContext] = None,
+        max_event_bytes: int = 16 * 1024 * 1024,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 30.0,
+        retry_after_cap: Optional[float] = None,
+        on_retry: Optional[Callable[[int, float, str], None]] = None,
+    ) -> None:
+        if not invocation_id:
+            raise ConfigurationError("the invocation id is empty")
+        _check_text("invocation id", invocation_id)
+        self.invocation_id = invocation_id
+        self._endpoint = _Endpoint(api_key, base_url, project_id, allow_insecure_http, ssl_context)
+        self._connector = _Connector(self._endpoint, ssl_context)
+        self.base_url = self._endpoint.base_url
+        # The loop's clock is time.monotonic; the deadline starts with the iteration anyway.
+        self.state = FollowState(
+            now=time.monotonic(),
+            since=since,
+            checkpoint=checkpoint,
+            idle_timeout=idle_timeout,
+            deadline=deadline,
+            max_retries=max_retries,
+            backoff_base=backoff_base,
+            backoff_cap=backoff_cap,
+            retry_after_cap=retry_after_cap,
+            max_event_bytes=max_event_bytes,
+        )
+        self.idle_timeout = self.state.idle_timeout
+        self.deadline = deadline
+        self.max_retries = max_retries
+        self.max_event_bytes = max_event_bytes
+        self.on_retry = on_retry
+        self._started = False
+        self._closed = False
+        self._events: Optional[AsyncGenerator[KernelEvent, None]] = None
+        self._writer: Optional[asyncio.StreamWriter] = None
+
+    def __repr__(self) -> str:
+        return f"<AsyncFollower {self.invocation_id!r} at {self.base_url} attempt={self.attempt}>"
+
+    @property
+    def attempt(self) -> int:
+        """Requests made for the stream so far."""
+        return self.state.attempt
+
+    @property
+    def reconnects(self) -> int:
+        """Drops recovered from so far."""
+        return self.state.reconnects
+
+    @property
+    def invocation(self) -> Optional[Invocation]:
+        """The invocation as last reported (None before the first state)."""
+        return self.state.invocation
+
+    @property
+    def finished(self) -> bool:
+        """True once the terminal state has been delivered."""
+        return self.state.finished
+
+    @property
+    def checkpoint(self) -> Checkpoint:
+        """Where the follow stands: resume from here with no loss and no repeats."""
+        return self.state.checkpoint
+
+    def start_clock(self) -> None:
+        """Start the deadline now (in the event loop); iterating does otherwise."""
+        import asyncio
+
+        if not self._started:
+            self._started = True
+            if self.deadline is not None:
+                self.state.deadline_at = asyncio.get_running_loop().time() + self.deadline
+
+    # -- the async iterator ----------------------------------------------
+
+    def __aiter__(self) -> AsyncFollower:
+        return self
+
+    async def __anext__(self) -> KernelEvent:
+        """The next event, once, in order; StopAsyncIteration after the terminal state."""
+        if self._events is None:
+            if self._closed:
+                raise StopAsyncIteration
+            self._events = self._follow()
+        return await self._events.__anext__()
+
+    async def aclose(self) -> None:
+        """Stop the follow and close its connection (from the task that iterates)."""
+        self._closed = True
+        if self._events is not None:
+            await self._events.aclose()
+        self._close_connection()
+
+    async def __aenter__(self) -> AsyncFollower:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # -- the loop ------------------------------------------------------
+
+    async def _follow(self) -> AsyncGenerator[KernelEvent, None]:
+        """Yield every event once, in order, up to the terminal state."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        self.start_clock()
+        state = self.state
+        try:
+            while True:
+                since = state.start_attempt(loop.time())
+                try:
+                    response = await self._open_stream(since)
+                    while True:
+                        data = await self._read(response)
+                        now = loop.time()
+                        # Lazy: an event enters the checkpoint only as it is handed over.
+                        for event in state.receive(data, now):
+                            yield event
+                        if state.finished:
+                            return
+                        if state.status_probe_due(now):
+                            for event in await self._probe_status():
+                                yield event
+                            if self.finished:  # the probe found the invocation finished
+                                return
+                except _Ended as ended:
+                    self._close_connection()
+                    if state.status_probe_due(loop.time()):
+                        for event in await self._probe_status():
+                            yield event
+                        if state.finished:
+                            return
+                    delay = state.attempt_failed(ended.reason, loop.time(), ended.retry_after)
+                    if self.on_retry is not None:
+                        self.on_retry(state.attempt + 1, delay, ended.reason)
+                    await self._sleep(delay)
+        finally:
+            # Also on cancellation and on aclose(): the connection goes at once.
+            self._close_connection()
+
+    def _close_connection(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            # abort(), not close(): nothing is left to send, and a TLS close
+            # would wait for the server's close_notify.
+            writer.transport.abort()
+
+    async def _sleep(self, delay: float) -> None:
+        """Wait ``delay`` seconds, but never past the deadline."""
+        import asyncio
+
+        deadline_at = self.state.deadline_at
+        if deadline_at is not None:
+            delay = min(delay, deadline_at - asyncio.get_running_loop().time())
+        await asyncio.sleep(max(0.0, delay))
+
+    def _wake_reason(self, default: str) -> str:
+        """Why an await on the network ended: the deadline (raised), idle, or ``default``."""
+        import asyncio
+
+        return self.state.check_time(asyncio.get_running_loop().time()) or default
+
+    # -- one attempt ---------------------------------------------------
+
+    async def _open_stream(self, since: Optional[str]) -> _Response:
+        """Request the event stream: the 200 response whose body is the stream."""
+        import urllib.parse
+
+        target = f"{self._endpoint.path_prefix}/invocations/{urllib.parse.quote(self.invocation_id, safe='')}/events"
+        if since:
+            target += "?" + urllib.parse.urlencode({"since": since})
+        response = await self._request(target)
+        status = response.head.status
+        if status != 200:
+            body = await self._read_error(response)
+            if status in _RETRYABLE_STATUSES or status >= 500:
+                raise _Ended(f"the API answered {status}", _parse_retry_after(response.head.header("Retry-After")))
+            code, message = _error_body(status, body)
+            raise _STATUS_ERRORS.get(status, APIStatusError)(status, code, _redact(message))
+        content_type = response.head.header("Content-Type") or ""
+        if not content_type.lower().startswith("text/event-stream"):
+            raise _Ended(f"expected an event stream, got {content_type[:100] or 'no content type'}")
+        return response
+
+    async def _request(self, target: str) -> _Response:
+        """Send ``GET target``, following same-origin redirects; the final
+        response (any status), its head read, its connection kept to close."""
+        connector = self._connector
+        origin = connector.origin
+        for _hop in range(_MAX_REDIRECTS + 1):
+            self._close_connection()
+            try:
+                response, self._writer = await connector.exchange(
+                    origin, target, "text/event-stream", self.state.wake_at
+                )
+            except _network_errors() as exc:
+                raise _Ended(self._wake_reason(f"connection failed: {_describe(exc)}")) from None
+            head = response.head
+            if head.status not in _REDIRECT_STATUSES:
+                return response
+            target = self._endpoint.redirect(origin, target, head.header("Location") or "", head.status)
+        raise _Ended(f"more than {_MAX_REDIRECTS} redirects")
+
+    async def _read_error(self, response: _Response) -> bytes:
+        """An error body, bounded; what arrived before a failure or the wake-up."""
+        import asyncio
+
+        body = b""
+        with contextlib.suppress(*_network_errors()):
+            body = await response.read_body(_ERROR_BODY_LIMIT, self.state.wake_at)
+        self.state.check_time(asyncio.get_running_loop().time())
+        return body
+
+    async def _read(self, response: _Response) -> bytes:
+        """The next bytes of the stream, by the follow state's ``wake_at``;
+        _Ended when the stream ends, breaks or stays idle."""
+        try:
+            data = await response.read(self.state.wake_at)
+        except _network_errors() as exc:
+            raise _Ended(self._wake_reason(f"the connection broke: {_describe(exc)}")) from None
+        if not data:
+            raise _Ended(self._wake_reason("the server ended the stream before the terminal state"))
+        return data
+
+    async def _probe_status(self) -> List[KernelEvent]:
+        """Ask ``GET /invocations/{id}`` and hand the answer to the follow state."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        invocation: Optional[Invocation] = None
+        raw: Optional[JSONObject] = None
+        try:
+            invocation, raw = await self._connector.fetch_invocation(self.invocation_id, self.state.wake_at)
+        except (KernelSSEError, _Ended):
+            self.state.check_time(loop.time())  # the deadline ends the follow; anything else waits
+        return self.state.receive_status(invocation, loop.time(), raw)
+
+
+def afollow(
+    invocation_id: str,
+    *,
+    api_key: Optional[str] = None,
+    base_url: Optional[str] = None,
+    since: Optional[str] = None,
+    checkpoint: Optional[Checkpoint] = None,
+    idle_timeout: float = 90.0,
+    deadline: Optional[float] = None,
+    max_retries: int = 10,
+    project_id: Optional[str] = None,
+    allow_insecure_http: bool = False,
+    ssl_context: Optional[ssl.SSLContext] = None,
+    max_event_bytes: int = 16 * 1024 * 1024,
+) -> AsyncIterator[KernelEvent]:
+    """Yield an invocation's events once each, in order, to its terminal
+    state, on asyncio: ``async for event in afollow(invocation_id): ...``.
+
+    The arguments are :func:`follow`'s; see :class:`AsyncFollower` for the
+    behaviour, cancellation and checkpoints.
+    """
+    return AsyncFollower(
+        invocation_id,
+        api_key=api_key,
+        base_url=base_url,
+        since=since,
+        checkpoint=checkpoint,
+        idle_timeout=idle_timeout,
+        deadline=deadline,
+        max_retries=max_retries,
+        project_id=project_id,
+        allow_insecure_http=allow_insecure_http,
+        ssl_context=ssl_context,
+        max_event_bytes=max_event_bytes,
     )
 
 
