@@ -48,6 +48,7 @@ from typing import (
 
 if TYPE_CHECKING:  # pragma: no cover - names for annotations only
     import argparse
+    from typing import Coroutine
     import http.client
     import socket
     import ssl
@@ -3704,7 +3705,7 @@ class FollowContext:
     Never holds the API key.
     """
 
-    def __init__(self, follower: Follower, options: Mapping[str, object]) -> None:
+    def __init__(self, follower: Union[Follower, AsyncFollower], options: Mapping[str, object]) -> None:
         self._follower = follower
         self._options = dict(options)
         self._started = datetime.now(timezone.utc)
@@ -3990,65 +3991,139 @@ def _follow_through_hooks(
     """Follow to the end, hand every event to the hooks, and map how it ended
     to an :class:`Outcome` (and the error behind it).
 
-    Every ending goes through the same tail: the checkpoint is saved (when
-    ``save`` is given), then ``on_finish`` runs.  A plugin's failure is
-    isolated and counted; an event whose hooks were interrupted is not
-    counted as delivered, so a resume hands it over again.
+    Every ending goes through the same tail (:func:`_finish_follow`): the
+    checkpoint is saved (when ``save`` is given), then ``on_finish`` runs.
+    A plugin's failure is isolated and counted; an event whose hooks were
+    interrupted is not counted as delivered, so a resume hands it over again.
     """
-    import traceback
-
-    saved_at = time.monotonic()
-    outcome: Outcome
     failure: Optional[BaseException] = None
     try:
         hooks.on_start(context)
+        saved_at = time.monotonic()
         for event in follower:
-            try:
-                hooks.on_event(event, context)
-            except BaseException:
-                follower.state.undeliver_last()
-                raise
-            if save is not None and time.monotonic() - saved_at >= _SAVE_EVERY:
-                save(follower.checkpoint, None)
-                saved_at = time.monotonic()
-        invocation = follower.invocation
-        assert invocation is not None and invocation.is_terminal
-        if save is not None:
-            save(follower.checkpoint, invocation.status)
-        hooks.on_terminal(invocation, context)
-        outcome = Outcome(invocation.status, _exit_for_status(invocation.status), invocation)
-    except APIStatusError as exc:
-        failure, outcome = exc, Outcome("refused", EXIT_REFUSED, follower.invocation, describe(exc))
-    except (DeadlineExceeded, _OutOfTime) as exc:
+            saved_at = _hand_over(event, follower.state, hooks, context, save, saved_at)
+        outcome = _conclude(follower.state, hooks, context, save)
+    except BaseException as exc:  # noqa: B036 - every ending is mapped, or raised again below
         failure = exc
-        if isinstance(exc, _OutOfTime):
-            exc = DeadlineExceeded(f"the deadline of {follower.deadline:g}s passed (inside a plugin hook) before the "
-                                   "invocation finished", fix="raise {deadline}, or resume later from the {checkpoint}")
-        outcome = Outcome("deadline", EXIT_GAVE_UP, follower.invocation, describe(exc))
-    except (ConnectionFailed, StreamTimeout) as exc:
-        failure, outcome = exc, Outcome("gave_up", EXIT_GAVE_UP, follower.invocation, describe(exc))
-    except PluginFailed as exc:
-        failure, outcome = exc, Outcome("plugin_error", EXIT_PLUGIN_ERROR, follower.invocation, describe(exc))
-    except UsageError as exc:  # a plugin refused its options, or the state could not be saved
-        failure, outcome = exc, Outcome("usage_error", EXIT_USAGE, follower.invocation, describe(exc))
-    except BrokenPipeError as exc:
-        failure, outcome = exc, Outcome("interrupted", EXIT_SIGPIPE, follower.invocation, None)
-    except _Signalled as exc:
-        failure, outcome = exc, Outcome("interrupted", exc.exit_code, follower.invocation, f"stopped by {exc.name}")
-    except KeyboardInterrupt as exc:
-        failure, outcome = exc, Outcome("interrupted", EXIT_SIGINT, follower.invocation, "interrupted (SIGINT)")
-    except Exception as exc:  # a bug: report it, but save the state and run on_finish first
-        failure = exc
-        outcome = Outcome("internal_error", EXIT_INTERNAL, follower.invocation,
-                          f"internal error ({_describe(exc)}); please report it with the traceback above")
-        traceback.print_exc()
+        outcome = _outcome_of(exc, follower.state, follower.deadline, describe)
     finally:
         follower.close()
+    return _finish_follow(follower.state, hooks, context, outcome, save, describe, finishing), failure
+
+
+async def _afollow_through_hooks(
+    follower: AsyncFollower,
+    hooks: Hooks,
+    context: FollowContext,
+    save: Optional[Callable[[Checkpoint, Optional[str]], None]],
+    describe: Callable[[BaseException], str],
+    finishing: Callable[[], None],
+    interrupted: Callable[[], Tuple[int, str]],
+) -> Tuple[Outcome, Optional[BaseException]]:
+    """:func:`_follow_through_hooks` on the asyncio driver; a cancelled
+    follow ends ``interrupted`` with the exit status ``interrupted()`` names."""
+    import asyncio
+
+    failure: Optional[BaseException] = None
+    try:
+        hooks.on_start(context)
+        saved_at = time.monotonic()
+        async for event in follower:
+            saved_at = _hand_over(event, follower.state, hooks, context, save, saved_at)
+        outcome = _conclude(follower.state, hooks, context, save)
+    except asyncio.CancelledError as exc:
+        code, name = interrupted()
+        failure, outcome = exc, Outcome("interrupted", code, follower.invocation, f"stopped by {name}")
+    except BaseException as exc:  # noqa: B036 - every ending is mapped, or raised again below
+        failure = exc
+        outcome = _outcome_of(exc, follower.state, follower.deadline, describe)
+    finally:
+        await follower.aclose()
+    return _finish_follow(follower.state, hooks, context, outcome, save, describe, finishing), failure
+
+
+def _hand_over(
+    event: KernelEvent,
+    state: FollowState,
+    hooks: Hooks,
+    context: FollowContext,
+    save: Optional[Callable[[Checkpoint, Optional[str]], None]],
+    saved_at: float,
+) -> float:
+    """One event to the hooks (not counted as delivered if they are cut
+    short); save the checkpoint about once a second; return when it was saved."""
+    try:
+        hooks.on_event(event, context)
+    except BaseException:
+        state.undeliver_last()
+        raise
+    if save is not None and time.monotonic() - saved_at >= _SAVE_EVERY:
+        save(state.checkpoint, None)
+        return time.monotonic()
+    return saved_at
+
+
+def _conclude(
+    state: FollowState, hooks: Hooks, context: FollowContext, save: Optional[Callable[[Checkpoint, Optional[str]], None]]
+) -> Outcome:
+    """The terminal state was delivered: record it, tell the plugins."""
+    invocation = state.invocation
+    assert invocation is not None and invocation.is_terminal
+    if save is not None:
+        save(state.checkpoint, invocation.status)
+    hooks.on_terminal(invocation, context)
+    return Outcome(invocation.status, _exit_for_status(invocation.status), invocation)
+
+
+def _outcome_of(
+    error: BaseException, state: FollowState, deadline: Optional[float], describe: Callable[[BaseException], str]
+) -> Outcome:
+    """How a follow that raised ``error`` ended (the one mapping from errors
+    to outcomes and exit codes); what is not an ending is raised again."""
+    import traceback
+
+    invocation = state.invocation
+    if isinstance(error, APIStatusError):
+        return Outcome("refused", EXIT_REFUSED, invocation, describe(error))
+    if isinstance(error, _OutOfTime):
+        error = DeadlineExceeded(f"the deadline of {deadline or 0:g}s passed (inside a plugin hook) before the "
+                                 "invocation finished", fix="raise {deadline}, or resume later from the {checkpoint}")
+    if isinstance(error, DeadlineExceeded):
+        return Outcome("deadline", EXIT_GAVE_UP, invocation, describe(error))
+    if isinstance(error, (ConnectionFailed, StreamTimeout)):
+        return Outcome("gave_up", EXIT_GAVE_UP, invocation, describe(error))
+    if isinstance(error, PluginFailed):
+        return Outcome("plugin_error", EXIT_PLUGIN_ERROR, invocation, describe(error))
+    if isinstance(error, UsageError):  # a plugin refused its options, or the state could not be saved
+        return Outcome("usage_error", EXIT_USAGE, invocation, describe(error))
+    if isinstance(error, BrokenPipeError):
+        return Outcome("interrupted", EXIT_SIGPIPE, invocation, None)
+    if isinstance(error, _Signalled):
+        return Outcome("interrupted", error.exit_code, invocation, f"stopped by {error.name}")
+    if isinstance(error, KeyboardInterrupt):
+        return Outcome("interrupted", EXIT_SIGINT, invocation, "interrupted (SIGINT)")
+    if isinstance(error, Exception):  # a bug: report it, but save the state and run on_finish first
+        traceback.print_exception(type(error), error, error.__traceback__)
+        return Outcome("internal_error", EXIT_INTERNAL, invocation,
+                       f"internal error ({_describe(error)}); please report it with the traceback above")
+    raise error  # SystemExit and the like: not a follow's ending
+
+
+def _finish_follow(
+    state: FollowState,
+    hooks: Hooks,
+    context: FollowContext,
+    outcome: Outcome,
+    save: Optional[Callable[[Checkpoint, Optional[str]], None]],
+    describe: Callable[[BaseException], str],
+    finishing: Callable[[], None],
+) -> Outcome:
+    """Every ending's tail: save the checkpoint, then run ``on_finish``."""
     if save is not None and outcome.status not in TERMINAL_STATUSES:
         try:
-            save(follower.checkpoint, None)
+            save(state.checkpoint, None)
         except UsageError as exc:
-            outcome = Outcome("usage_error", EXIT_USAGE, follower.invocation, describe(exc))
+            outcome = Outcome("usage_error", EXIT_USAGE, state.invocation, describe(exc))
         except KeyboardInterrupt:
             pass  # a second signal while saving: the previous file is still whole
     finishing()
@@ -4061,7 +4136,7 @@ def _follow_through_hooks(
         pass  # the user insists: the state is saved, stop here
     if outcome.exit_code == EXIT_SUCCEEDED and hooks.failures_in(context):
         outcome = Outcome("plugin_error", EXIT_PLUGIN_ERROR, outcome.invocation, outcome.message)
-    return outcome, failure
+    return outcome
 
 
 def run_follow(
@@ -4522,7 +4597,9 @@ def _build_parser() -> Tuple[argparse.ArgumentParser, List[argparse.ArgumentPars
     follow_parser = commands.add_parser(
         "follow", help="follow an invocation until it finishes", epilog=_epilog(), formatter_class=formatter
     )
-    follow_parser.add_argument("invocation_id", metavar="INVOCATION_ID")
+    follow_parser.add_argument("invocation_ids", nargs="+", metavar="INVOCATION_ID",
+                               help="one or more invocations; several are followed at once, their lines tagged "
+                               "with the id (--state-file then names a folder: one file per invocation)")
     _add_api_options(follow_parser)
     follow_parser.add_argument("--since", default=None,
                                help="start at this RFC 3339 time (with a zone: ...Z or +01:00) or this long ago "
@@ -4544,6 +4621,18 @@ def _build_parser() -> Tuple[argparse.ArgumentParser, List[argparse.ArgumentPars
                                help="if this run ends before the invocation does (deadline, signal, gave up), cancel it")
     _add_api_options(invoke_parser)
     _add_follow_options(invoke_parser)
+    watch_parser = commands.add_parser(
+        "watch", help="follow every running and queued invocation, and each new one, until --deadline or Ctrl-C",
+        epilog=_epilog(), formatter_class=formatter,
+    )
+    for flag, dest, what in (("--app", "app", "app name"), ("--action", "action", "action name"),
+                             ("--version", "app_version", "app version")):
+        watch_parser.add_argument(flag, dest=dest, metavar=dest.upper(), help=f"only this {what}")
+    watch_parser.add_argument("--poll", type=_seconds("--poll"), default=2.0, metavar="SECONDS",
+                              help="look for new invocations this often, slowing to every 30 s while none appear "
+                              "(default: 2)")
+    _add_api_options(watch_parser)
+    _add_follow_options(watch_parser)
     status_parser = commands.add_parser(
         "status", help="show an invocation's status (exit 0 succeeded, 1 failed, 6 queued or running)"
     )
@@ -4569,7 +4658,7 @@ def _build_parser() -> Tuple[argparse.ArgumentParser, List[argparse.ArgumentPars
     plugins_parser.add_argument("--json", action="store_true", help="as a JSON list")
     plugins_parser.add_argument("-p", dest="plugins", action="append", default=[], metavar="PLUGIN",
                                 help="also load this plugin; -p no:NAME blocks one")
-    return parser, [follow_parser, invoke_parser, demo_parser]
+    return parser, [follow_parser, invoke_parser, watch_parser, demo_parser]
 
 
 def _parse_args(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
@@ -5176,6 +5265,196 @@ def _drive(run: _Run, follower: Follower, hooks: Hooks, state: Optional[_StateFi
     return outcome.exit_code
 
 
+_ID_WIDTH = 24  # the usual width of an invocation id (inv_ and 20 characters), for watch's tags
+
+
+def _combined_exit(codes: Sequence[int], interrupted: Optional[int] = None) -> int:
+    """One exit status for several follows: the signal if one stopped the run;
+    else 1 if any invocation failed; else the worst of the others
+    (70, 3, 4, 75, 2, 5, 141, 11, 10, 0, in that order)."""
+    if interrupted is not None:
+        return interrupted
+    if EXIT_FAILED in codes:
+        return EXIT_FAILED
+    for code in (EXIT_INTERNAL, EXIT_REFUSED, EXIT_GAVE_UP, EXIT_LOCKED, EXIT_USAGE, EXIT_PLUGIN_ERROR,
+                 EXIT_SIGPIPE, EXIT_REMEMBERED_FAILED, EXIT_REMEMBERED_SUCCEEDED):
+        if code in codes:
+            return code
+    return EXIT_SUCCEEDED
+
+
+class _Many:
+    """Several follows at once, on the asyncio driver, in this (the main) thread.
+
+    Plugins are called from the one event loop, never concurrently; each
+    follow has its own context (and plugin state) and, with --state-file,
+    its own state file in that folder.  A signal stops them all: each saves
+    its state and runs ``on_finish``.
+    """
+
+    def __init__(self, run: _Run, hooks: Hooks, api_key: str, width: int) -> None:
+        self.run = run
+        self.hooks = hooks
+        self.api_key = api_key
+        self.codes: Dict[str, int] = {}
+        self.outcomes: Dict[str, Outcome] = {}
+        self.signal: Optional[Tuple[int, str]] = None
+        self._finishing: Callable[[], None] = lambda: None
+        run.args.tag_width = width
+        folder = run.args.state_file
+        if folder is not None and not os.path.isdir(folder):
+            raise UsageError(f"--state-file '{folder}' must name a folder when several invocations are followed "
+                             "(one state file each); create it")
+
+    def interrupted(self) -> Tuple[int, str]:
+        return self.signal or (EXIT_SIGINT, "SIGINT")
+
+    def on_signal(self, signum: int, frame: object) -> None:
+        import signal
+
+        names: Dict[int, Tuple[int, str]] = {signal.SIGINT: (EXIT_SIGINT, "SIGINT")}
+        if hasattr(signal, "SIGHUP"):
+            names[signal.SIGHUP] = (EXIT_SIGHUP, "SIGHUP")
+        self.signal = names.get(signum, (EXIT_SIGTERM, "SIGTERM"))
+        raise _Signalled(*self.signal)
+
+    def run_all(self, main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run ``main()`` to its end with every follow's ending handled."""
+        import asyncio
+        import signal
+
+        handled = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+        previous = {signum: signal.signal(signum, self.on_signal) for signum in handled}
+        try:
+            with _HookTimer(self.run.deadline_at()) as timer:
+                self.hooks.bound = timer.bound
+                self._finishing = timer.finishing
+                try:
+                    asyncio.run(main())
+                except KeyboardInterrupt:
+                    if self.signal is None:
+                        self.signal = (EXIT_SIGINT, "SIGINT")
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    async def follow(self, invocation_id: str, since: Optional[str]) -> None:
+        """One follow to its end; its exit status goes to ``codes``."""
+        args = self.run.args
+        state = None
+        if args.state_file is not None:
+            name = "".join(char if char.isalnum() or char in "-_." else "_" for char in invocation_id)
+            state = _StateFile(os.path.join(args.state_file, name + ".state"), invocation_id)
+        try:
+            if state is not None:
+                state.lock()
+            checkpoint = state.load() if state is not None else None
+            if state is not None and state.finished_status is not None:
+                self.codes[invocation_id] = _remembered(invocation_id, state)
+                return
+            follower = AsyncFollower(
+                invocation_id, api_key=self.api_key, base_url=args.base_url, since=since, checkpoint=checkpoint,
+                idle_timeout=args.idle_timeout, deadline=self.run.deadline_left(), max_retries=args.max_retries,
+                allow_insecure_http=bool(args.allow_insecure_http),
+            )
+            context = FollowContext(follower, vars(args))
+            follower.on_retry = lambda attempt, delay, reason: self.hooks.on_reconnect(attempt, delay, reason, context)
+            save = None if state is None else state.save
+            outcome, failure = await _afollow_through_hooks(
+                follower, self.hooks, context, save, self.run.message, self.finishing, self.interrupted
+            )
+            self.outcomes[invocation_id] = outcome
+            self.codes[invocation_id] = outcome.exit_code
+            if outcome.message is not None and outcome.status != "interrupted":
+                _say(f"{invocation_id}: {outcome.message}")
+            if isinstance(failure, KeyboardInterrupt) and not isinstance(failure, _OutOfTime):
+                raise failure  # the user stopped the run: stop every follow
+        except (_Locked, UsageError, ConfigurationError) as exc:
+            self.codes[invocation_id] = EXIT_LOCKED if isinstance(exc, _Locked) else EXIT_USAGE
+            _say(f"{invocation_id}: {self.run.message(exc)}")
+        finally:
+            if state is not None:
+                state.unlock()
+
+    def finishing(self) -> None:
+        """A follow is over: the hook timer's grace applies from now on."""
+        self._finishing()
+
+
+def _run_many(run: _Run, hooks: Hooks, api_key: str, invocation_ids: List[str]) -> int:
+    """``kernel-sse follow ID ID ...``: follow them all at once; one combined exit status."""
+    import asyncio
+
+    since = _since(run.args.since)
+    many = _Many(run, hooks, api_key, max(len(visible(i, one_line=True)) for i in invocation_ids))
+
+    async def main() -> None:
+        await asyncio.gather(*(many.follow(invocation_id, since) for invocation_id in invocation_ids))
+
+    many.run_all(main)
+    if many.signal is not None:
+        _say(f"stopped by {many.signal[1]}; the state of every follow is saved")
+    return _combined_exit(list(many.codes.values()), None if many.signal is None else many.signal[0])
+
+
+def _run_watch(run: _Run, hooks: Hooks, api_key: str) -> int:
+    """``kernel-sse watch``: follow every running and queued invocation (and
+    each new one, polling the list with backoff) until --deadline or a signal.
+
+    Ending at --deadline is the normal end: follows it cuts short do not
+    count against the exit status; an invocation that failed does (1).
+    """
+    import asyncio
+
+    args = run.args
+    many = _Many(run, hooks, api_key, _ID_WIDTH)
+    api = _api(api_key=api_key, base_url=args.base_url, allow_insecure_http=bool(args.allow_insecure_http),
+               max_retries=args.max_retries)
+    filters = {"app_name": args.app, "action_name": args.action, "version": args.app_version}
+    problems: List[int] = []
+
+    def active() -> List[str]:
+        found: List[str] = []
+        for status in ("running", "queued"):
+            for page in _list_pages(api, {**filters, "status": status}, 0):
+                found.extend(invocation.id for invocation in page.invocations)
+        return found
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        tasks: Dict[str, asyncio.Task[None]] = {}
+        pause = args.poll
+        try:
+            while True:
+                try:
+                    found = await loop.run_in_executor(None, active)  # the list is blocking I/O: off the loop
+                except (APIStatusError, ConnectionFailed) as exc:
+                    problems.append(EXIT_REFUSED if isinstance(exc, APIStatusError) else EXIT_GAVE_UP)
+                    _say(run.message(exc))
+                    break
+                new = [invocation_id for invocation_id in found if invocation_id not in tasks]
+                for invocation_id in new:
+                    tasks[invocation_id] = asyncio.ensure_future(many.follow(invocation_id, None))
+                pause = args.poll if new else min(pause * 2, 30.0)
+                left = run.deadline_left()
+                if left is not None and left <= pause:
+                    await asyncio.sleep(left)
+                    break
+                await asyncio.sleep(pause)
+        finally:
+            if tasks:
+                await asyncio.gather(*tasks.values())
+
+    many.run_all(main)
+    if many.signal is not None:
+        _say(f"stopped by {many.signal[1]}; the state of every follow is saved")
+    cut = [invocation_id for invocation_id, outcome in many.outcomes.items() if outcome.status == "deadline"]
+    if cut:
+        _say(f"still running at the deadline: {', '.join(cut)}")
+    codes = [code for invocation_id, code in many.codes.items() if invocation_id not in cut] + problems
+    return _combined_exit(codes, None if many.signal is None else many.signal[0])
+
+
 def _list_plugins(plugins: Optional[PluginSet], as_json: bool) -> int:
     """``kernel-sse plugins``: one line (or JSON object) per plugin."""
     infos = plugins.info() if plugins is not None else []
@@ -5247,7 +5526,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _run_list(run, _read_api_key(args))
         if args.command == "invoke":
             return _run_invoke(run, hooks, _read_api_key(args), args.base_url)
+        if args.command == "watch":
+            return _run_watch(run, hooks, _read_api_key(args))
         _since(args.since)
+        if len(args.invocation_ids) > 1:
+            return _run_many(run, hooks, _read_api_key(args), list(dict.fromkeys(args.invocation_ids)))
+        args.invocation_id = args.invocation_ids[0]
         return _run_follow(run, hooks, _read_api_key(args), args.base_url)
     except _Locked as exc:
         _say(str(exc))

@@ -145,7 +145,7 @@ def test_hook_add_arguments(
     code = run(emulator_env, basic_script(), "-p", str(recorder.path), "--rec-flag", "yes")
     assert code == 0
     parsers = [kwargs["parser"] for kwargs in recorder.of("add_arguments")]
-    assert {parser.prog for parser in parsers} == {"kernel-sse follow", "kernel-sse invoke", "kernel-sse demo"}
+    assert {parser.prog for parser in parsers} == {"kernel-sse follow", "kernel-sse invoke", "kernel-sse watch", "kernel-sse demo"}
     assert recorder.one("on_start")["context"].options["rec_flag"] == "yes"
     assert kernel_sse.main(["follow", "--help", "-p", str(recorder.path)]) == 0
     assert "--rec-flag" in capsys.readouterr().out
