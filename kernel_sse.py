@@ -2911,9 +2911,8 @@ def invoke(
         reply = api.request("POST", api.path("invocations"), body, idempotent=False)
     except _Ended as exc:  # it may have reached the server: never send it again
         return _find_own_invocation(api, app, action, version, payload_text, requested_at, exc.reason)
-    except DeadlineExceeded as exc:  # the last attempt may have been sent when time ran out
-        return _find_own_invocation(api, app, action, version, payload_text, requested_at,
-                                    Exception.__str__(exc))
+    # (DeadlineExceeded from the POST passes through: it comes before an attempt or while waiting
+    # to retry one that certainly started nothing; time running out mid-request is _Ended above.)
     if reply.status not in (200, 201, 202):
         _raise_refusal(reply.status, reply.body,
                        fix="check the app name, the action and {version} (kernel-sse list shows what ran before)")
@@ -4599,7 +4598,7 @@ def _start_once(run: _Run, state: Optional[_StateFile], payload: Optional[str], 
         try:
             invocation = invoke(args.app, args.action, version=args.app_version, payload_json=payload,
                                 async_timeout=args.async_timeout, on_request=record, **settings)
-        except (APIStatusError, ConnectionFailed):
+        except (APIStatusError, ConnectionFailed, DeadlineExceeded):
             # Refused, or never sent (every attempt failed before sending, or 429/503 with Retry-After):
             # nothing was started, so a rerun need not look for it.
             if state is not None and state.requested_at is not None:
