@@ -3167,11 +3167,11 @@ class InvokeUncertain(KernelSSEError):
     was made; look for it with :func:`list_invocations`."""
 
     def __init__(self, message: str, app: str, action: str, version: str, since: str) -> None:
-        super().__init__(
-            message,
-            fix=f"check whether it started: kernel-sse list --app {app} --action {action} --version {version} "
-            f"--since {since}, then follow it, or invoke again",
-        )
+        import shlex
+
+        command = " ".join(shlex.quote(word) for word in ("kernel-sse", "list", "--app", app, "--action", action,
+                                                          "--version", version, "--since", since))
+        super().__init__(message, fix=f"check whether it started: {command}, then follow it, or invoke again")
         self.app, self.action, self.version, self.since = app, action, version, since
 
 
@@ -3197,11 +3197,34 @@ class _Api:
         ssl_context: Optional[ssl.SSLContext],
         timeout: float,
         max_retries: int,
+        deadline: Optional[float] = None,
     ) -> None:
         _check_number("timeout", timeout, minimum=0.0, inclusive=False)
+        if deadline is not None:
+            _check_number("deadline", deadline, minimum=0.0, inclusive=False)
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ConfigurationError(f"{{max_retries}} must be a whole number >= 0 (got {max_retries!r})")
         self.endpoint = _Endpoint(api_key, base_url, project_id, allow_insecure_http, ssl_context)
         self.timeout = timeout
         self.max_retries = max_retries
+        self.deadline = deadline
+        self.until = None if deadline is None else time.monotonic() + deadline  # monotonic end of everything
+
+    def left(self) -> Optional[float]:
+        """Seconds left before the deadline (None: no deadline)."""
+        return None if self.until is None else self.until - time.monotonic()
+
+    def out_of_time(self, doing: str) -> DeadlineExceeded:
+        return DeadlineExceeded(f"the deadline of {self.deadline:g}s passed while {doing}",
+                                fix="raise {deadline}")
+
+    def sleep(self, seconds: float, doing: str) -> None:
+        """Sleep, or raise DeadlineExceeded if the deadline comes first."""
+        left = self.left()
+        if left is not None and left <= seconds:
+            time.sleep(max(0.0, left))
+            raise self.out_of_time(doing)
+        time.sleep(seconds)
 
     def path(self, *parts: str, query: Optional[Mapping[str, object]] = None) -> str:
         import urllib.parse
@@ -3217,11 +3240,17 @@ class _Api:
         import random
 
         data = None if body is None else json.dumps(body).encode("utf-8")
+        doing = f"{method} {target.split('?')[0]}"
         failures = 0
         while True:
             retry_after: Optional[float] = None
+            until = time.monotonic() + self.timeout
+            if self.until is not None:
+                if time.monotonic() >= self.until:
+                    raise self.out_of_time(f"sending {doing}")
+                until = min(until, self.until)
             try:
-                reply = _call(self.endpoint, method, target, data, time.monotonic() + self.timeout)
+                reply = _call(self.endpoint, method, target, data, until)
             except _NotSent as exc:
                 reason = exc.reason
             except _Ended as exc:
@@ -3247,7 +3276,7 @@ class _Api:
                     fix="check the network and {base_url}, or raise {max_retries}",
                 )
             delay = min(retry_after, 30.0) if retry_after is not None else random.uniform(0, min(30.0, 0.5 * 2 ** failures))
-            time.sleep(delay)
+            self.sleep(delay, f"retrying {doing} (last: {reason})")
 
 
 def _api(
@@ -3258,8 +3287,9 @@ def _api(
     ssl_context: Optional[ssl.SSLContext] = None,
     timeout: float = 30.0,
     max_retries: int = 3,
+    deadline: Optional[float] = None,
 ) -> _Api:
-    return _Api(api_key, base_url, project_id, allow_insecure_http, ssl_context, timeout, max_retries)
+    return _Api(api_key, base_url, project_id, allow_insecure_http, ssl_context, timeout, max_retries, deadline)
 
 
 def _invocation_from(obj: JSONObject) -> Invocation:
@@ -3275,10 +3305,15 @@ def get_invocation(invocation_id: str, **settings: Any) -> Invocation:
 
     ``settings``: ``api_key``, ``base_url``, ``project_id``,
     ``allow_insecure_http``, ``ssl_context``, ``timeout`` (seconds per
-    request), ``max_retries`` (as for :func:`follow`).
+    request, default 30), ``max_retries`` (after a failed attempt, at most
+    that many more; default 3), ``deadline`` (seconds for the whole call,
+    retries and waits included: :class:`DeadlineExceeded` after that).
     """
     _check_text("invocation id", invocation_id)
-    api = _api(**settings)
+    return _get(_api(**settings), invocation_id)
+
+
+def _get(api: _Api, invocation_id: str) -> Invocation:
     reply = api.request("GET", api.path("invocations", invocation_id))
     if reply.status != 200:
         _raise_refusal(reply.status, reply.body)
@@ -3324,7 +3359,9 @@ def list_invocations(
 
 
 def _list_pages(api: _Api, filters: Mapping[str, object], offset: int) -> Iterator[InvocationsPage]:
+    asked: Set[int] = set()  # offsets already asked for: a server that cycles cannot keep us here
     while True:
+        asked.add(offset)
         reply = api.request("GET", api.path("invocations", query={**filters, "offset": offset or None}))
         if reply.status != 200:
             _raise_refusal(reply.status, reply.body, fix="check the filters ({since} and status)")
@@ -3334,15 +3371,18 @@ def _list_pages(api: _Api, filters: Mapping[str, object], offset: int) -> Iterat
             raise APIStatusError(200, "invalid_list", f"the API sent a list that is not JSON: {exc}") from None
         if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
             raise APIStatusError(200, "invalid_list", "the API sent a list that is not a JSON array of objects")
-        has_more = reply.headers.get("x-has-more", "").strip().lower() == "true"
         text = reply.headers.get("x-next-offset", "").strip()
         next_offset = int(text) if text.isascii() and text.isdigit() else None
+        if "x-has-more" in reply.headers:
+            has_more = reply.headers["x-has-more"].strip().lower() == "true"
+        else:  # no X-Has-More at all: the offsets alone tell (0 or none: the last page)
+            has_more = bool(next_offset)
         if has_more and next_offset is None:
             raise APIStatusError(200, "invalid_pagination",
                                  "the API said there are more invocations (X-Has-More: true) but not where they "
                                  "start (no X-Next-Offset)", fix="report it; narrow the list with filters meanwhile")
         yield InvocationsPage(tuple(_invocation_from(item) for item in items), tuple(items), has_more, next_offset)
-        if not has_more or not next_offset or next_offset == offset:
+        if not has_more or not next_offset or next_offset in asked:
             return
         offset = next_offset
 
@@ -3378,12 +3418,15 @@ def invoke(
     app, action, version and payload, started since just before the POST);
     if none or several match, :class:`InvokeUncertain` is raised.
     ``on_request`` is called with the RFC 3339 time just before the POST
-    (a state file records it).  ``settings`` as for :func:`get_invocation`.
+    (a state file records it).  ``settings`` as for :func:`get_invocation`;
+    ``deadline`` bounds the start (the POST, its retries and the look-up).
     """
     for name, value in (("app", app), ("action", action), ("version", version)):
-        if not value:
+        if not isinstance(value, str) or not value:
             raise ConfigurationError(f"the {name} is empty", fix="give it" if name != "version" else "give {version}")
         _check_text(name, value)
+    if payload_json is not None and payload is not None:
+        raise ConfigurationError("give the payload once: as payload or as payload_json, not both")
     if payload_json is not None:
         try:
             json.loads(payload_json)
@@ -3391,7 +3434,14 @@ def invoke(
             raise ConfigurationError(f"the payload is not valid JSON: {exc}", fix="check {payload}") from None
         payload_text: Optional[str] = payload_json
     else:
-        payload_text = None if payload is None else json.dumps(payload)
+        try:
+            payload_text = None if payload is None else json.dumps(payload)
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(f"the payload cannot be sent as JSON: {exc}", fix="check {payload}") from None
+    if async_timeout is not None and (isinstance(async_timeout, bool) or not isinstance(async_timeout, int)
+                                      or not 10 <= async_timeout <= 3600):
+        raise ConfigurationError(f"async_timeout must be a whole number of seconds from 10 to 3600 "
+                                 f"(got {async_timeout!r})")
     body: JSONObject = {"app_name": app, "action_name": action, "version": version, "async": True}
     if payload_text is not None:
         body["payload"] = payload_text
@@ -3403,8 +3453,10 @@ def invoke(
         on_request(requested_at)
     try:
         reply = api.request("POST", api.path("invocations"), body, idempotent=False)
-    except _Ended as exc:
+    except _Ended as exc:  # it may have reached the server: never send it again
         return _find_own_invocation(api, app, action, version, payload_text, requested_at, exc.reason)
+    # (DeadlineExceeded from the POST passes through: it comes before an attempt or while waiting
+    # to retry one that certainly started nothing; time running out mid-request is _Ended above.)
     if reply.status not in (200, 201, 202):
         _raise_refusal(reply.status, reply.body,
                        fix="check the app name, the action and {version} (kernel-sse list shows what ran before)")
@@ -3413,10 +3465,31 @@ def invoke(
     if not isinstance(new_id, str) or not new_id:
         raise APIStatusError(reply.status, "invalid_response", "the API started an invocation but sent no id")
     try:
-        return get_invocation(new_id, **settings)
+        return _get(api, new_id)
     except KernelSSEError:  # it exists; describe it from what we know
         return Invocation(new_id, app, version, action, datetime.now(timezone.utc),
                           str(created.get("status") or "queued"), payload_text)
+
+
+def _same_payload(listed: Optional[str], sent: Optional[str]) -> bool:
+    """Whether a listed invocation's payload is the one sent: the same text, or
+    the same JSON document (a server may store it re-serialised)."""
+    if listed == sent or listed is None or sent is None:
+        return listed == sent
+    try:
+        return bool(json.loads(listed) == json.loads(sent))
+    except (ValueError, RecursionError):
+        return False
+
+
+def _matching(api: _Api, app: str, action: str, version: str, payload: Optional[str], since: str) -> List[Invocation]:
+    """The invocations of this action with this payload started since ``since``."""
+    seen: Dict[str, Invocation] = {}  # by id: an invocation on two pages (the list moved) is one
+    for page in _pages(api, app, action, version, since):
+        for invocation in page.invocations:
+            if _same_payload(invocation.payload, payload):
+                seen.setdefault(invocation.id, invocation)
+    return list(seen.values())
 
 
 def _find_own_invocation(
@@ -3426,16 +3499,18 @@ def _find_own_invocation(
     started, proven by the list, or InvokeUncertain."""
     settle_until = time.monotonic() + _INVOKE_SETTLE
     while True:
-        matches = [
-            invocation
-            for page in _pages(api, app, action, version, since)
-            for invocation in page.invocations
-            if invocation.payload == payload
-        ]
+        try:
+            matches = _matching(api, app, action, version, payload, since)
+        except (APIStatusError, ConnectionFailed, DeadlineExceeded) as exc:
+            raise InvokeUncertain(
+                f"the request to start {app} {action} v{version} may have reached the API ({reason}), and listing "
+                f"the invocations to find it failed ({Exception.__str__(exc)}); it was not sent again, so as not "
+                "to start it twice", app, action, version, since) from None
         if len(matches) == 1:
             return matches[0]
-        if len(matches) > 1 or time.monotonic() >= settle_until:
-            found = "several invocations match" if matches else "none is listed"
+        left = api.left()
+        if len(matches) > 1 or time.monotonic() >= settle_until or (left is not None and left <= 1.0):
+            found = f"{len(matches)} invocations match" if matches else "none is listed"
             raise InvokeUncertain(
                 f"the request to start {app} {action} v{version} may have reached the API ({reason}) and {found}; "
                 "it was not sent again, so as not to start it twice", app, action, version, since)
@@ -5100,6 +5175,9 @@ def _run_invoke(run: _Run, hooks: Hooks, api_key: str, base_url: Optional[str]) 
     if args.async_timeout is not None and not 10 <= args.async_timeout <= 3600:
         raise UsageError(f"--async-timeout {args.async_timeout} is out of range: give 10 to 3600 seconds")
     action = {"app": args.app, "action": args.action, "version": args.app_version}
+    for flag, value in (("APP", args.app), ("ACTION", args.action), ("--version", args.app_version)):
+        if not value.strip():
+            raise UsageError(f"{flag} is empty: name the app, the action and its version")
     state = _StateFile(args.state_file, None, action) if args.state_file else None
     if state is not None:
         state.lock()
@@ -5112,40 +5190,63 @@ def _run_invoke(run: _Run, hooks: Hooks, api_key: str, base_url: Optional[str]) 
         invocation_id = state.invocation_id if state is not None else None
         if invocation_id is None:
             invocation_id = _start_once(run, state, payload, settings)
+        else:
+            _say(f"following invocation {invocation_id}, started by an earlier run with this state file")
         args.invocation_id = invocation_id
-        code = _follow_to_the_end(run, hooks, api_key, base_url, state, checkpoint, None)
-        if args.cancel_on_exit and run.outcome is not None and run.outcome.status not in TERMINAL_STATUSES:
-            try:
-                cancel_invocation(invocation_id, **{**settings, "max_retries": 1, "timeout": 10.0})
-                _say(f"cancelled invocation {invocation_id} (--cancel-on-exit)")
-            except KernelSSEError as exc:
-                _say(f"could not cancel invocation {invocation_id} (--cancel-on-exit): {run.message(exc)}")
-        return code
+        finished = False
+        try:
+            code = _follow_to_the_end(run, hooks, api_key, base_url, state, checkpoint, None)
+            invocation = run.outcome.invocation if run.outcome is not None else None
+            finished = invocation is not None and invocation.is_terminal
+            return code
+        finally:
+            if args.cancel_on_exit and not finished:
+                _cancel_on_exit(run, invocation_id, settings)
     finally:
         if state is not None:
             state.unlock()
 
 
+def _cancel_on_exit(run: _Run, invocation_id: str, settings: Dict[str, Any]) -> None:
+    """--cancel-on-exit: the run ends before the invocation does; cancel it (a few seconds at most)."""
+    try:
+        cancelled = cancel_invocation(invocation_id, **{**settings, "max_retries": 1, "timeout": 5.0, "deadline": 8.0})
+    except KernelSSEError as exc:
+        _say(f"could not cancel invocation {invocation_id} (--cancel-on-exit): {run.message(exc)}")
+        return
+    if cancelled.status == "failed" and cancelled.status_reason is not None:
+        _say(f"cancelled invocation {invocation_id} (--cancel-on-exit): it is now failed ({cancelled.status_reason})")
+    elif cancelled.status == "failed":
+        _say(f"cancelled invocation {invocation_id} (--cancel-on-exit): it is now failed")
+    else:  # it finished on its own just before
+        _say(f"did not cancel invocation {invocation_id} (--cancel-on-exit): it had already {cancelled.status}")
+
+
 def _start_once(run: _Run, state: Optional[_StateFile], payload: Optional[str], settings: Dict[str, Any]) -> str:
     """Start the invocation (or find the one an earlier run started); record its id; return it."""
     args = run.args
+    settings = {**settings, "deadline": run.deadline_left()}
     api = _api(**settings)
     invocation: Optional[Invocation] = None
     if state is not None and state.requested_at is not None:
         # An earlier run was about to start it and stopped before it knew the id.
-        wait = _INVOKE_SETTLE - (datetime.now(timezone.utc) - parse_timestamp(state.requested_at)).total_seconds()
+        # requested_at is already _INVOKE_MATCH_SKEW early: give the list the rest of the settling time.
+        since = state.requested_at
+        age = (datetime.now(timezone.utc) - parse_timestamp(since)).total_seconds()
+        wait = _INVOKE_SETTLE - age
         if wait > 0:
-            time.sleep(min(wait, run.deadline_left() or wait))
-        matches = [inv for page in _pages(api, args.app, args.action, args.app_version, state.requested_at)
-                   for inv in page.invocations if inv.payload == payload]
+            _say(f"an earlier run with this state file was starting {args.app} {args.action} "
+                 f"v{args.app_version}; looking for it in the list in {wait:.0f}s")
+            api.sleep(wait, "waiting for the list to show an invocation an earlier run may have started")
+        matches = _matching(api, args.app, args.action, args.app_version, payload, since)
         if len(matches) > 1:
             raise InvokeUncertain(
                 f"an earlier run with this state file may have started {args.app} {args.action} "
-                f"v{args.app_version}, and several invocations match", args.app, args.action, args.app_version,
-                state.requested_at)
+                f"v{args.app_version}, and {len(matches)} invocations match", args.app, args.action,
+                args.app_version, since)
         if matches:
             invocation = matches[0]
-            _say(f"found invocation {invocation.id}, started by an earlier run with this state file")
+            _say(f"found invocation {invocation.id}, started by an earlier run with this state file; following it")
 
     def record(requested_at: str) -> None:
         if state is not None:
@@ -5153,8 +5254,16 @@ def _start_once(run: _Run, state: Optional[_StateFile], payload: Optional[str], 
             state.save(Checkpoint(), None)
 
     if invocation is None:
-        invocation = invoke(args.app, args.action, version=args.app_version, payload_json=payload,
-                            async_timeout=args.async_timeout, on_request=record, **settings)
+        try:
+            invocation = invoke(args.app, args.action, version=args.app_version, payload_json=payload,
+                                async_timeout=args.async_timeout, on_request=record, **settings)
+        except (APIStatusError, ConnectionFailed, DeadlineExceeded):
+            # Refused, or never sent (every attempt failed before sending, or 429/503 with Retry-After):
+            # nothing was started, so a rerun need not look for it.
+            if state is not None and state.requested_at is not None:
+                state.requested_at = None
+                state.save(Checkpoint(), None)
+            raise
         started = f"started invocation {invocation.id} ({args.app} {args.action} v{args.app_version})"
         if args.command == "demo":
             _say(f"{started} on a local emulator")
@@ -5169,6 +5278,8 @@ def _start_once(run: _Run, state: Optional[_StateFile], payload: Optional[str], 
 def _run_status(run: _Run, api_key: str) -> int:
     """``kernel-sse status ID``: one request; the exit status says the invocation's."""
     args = run.args
+    if not args.invocation_id.strip():
+        raise UsageError("INVOCATION_ID is empty")
     api = _api(api_key=api_key, base_url=args.base_url, allow_insecure_http=bool(args.allow_insecure_http))
     reply = api.request("GET", api.path("invocations", args.invocation_id))
     if reply.status != 200:
@@ -5184,16 +5295,22 @@ def _run_status(run: _Run, api_key: str) -> int:
     return EXIT_NOT_FINISHED
 
 
-def _invocation_row(invocation: Invocation, widths: Sequence[int] = ()) -> str:
-    """id, app, action, status, started, duration: one aligned text line."""
+def _invocation_cells(invocation: Invocation) -> List[str]:
+    """id, app, action and version, status, started, duration: each shown on one line."""
     if invocation.finished_at is not None:
         took = f"{(invocation.finished_at - invocation.started_at).total_seconds():.1f}s"
     else:
         took = "-"
     cells = [invocation.id, invocation.app_name, f"{invocation.action_name} v{invocation.version}",
              invocation.status, format_time(invocation.started_at), took]
+    return [visible(cell, one_line=True) for cell in cells]
+
+
+def _invocation_row(invocation: Invocation, widths: Sequence[int] = ()) -> str:
+    """id, app, action, status, started, duration: one aligned text line."""
+    cells = _invocation_cells(invocation)
     padded = [cell.ljust(width) for cell, width in zip(cells, list(widths) + [0] * len(cells))]
-    return visible("  ".join(padded).rstrip(), one_line=True)
+    return "  ".join(padded).rstrip()
 
 
 def _run_list(run: _Run, api_key: str) -> int:
@@ -5201,22 +5318,26 @@ def _run_list(run: _Run, api_key: str) -> int:
     args = run.args
     since = _since(args.since)
     limit = args.limit
+    if limit is not None and limit < 1:
+        raise UsageError(f"--limit {limit}: give 1 or more (leave it out for every invocation)")
     pages = list_invocations(app=args.app, action=args.action, version=args.app_version, status=args.status,
                              since=since, limit=None if limit is None else min(limit, 100), api_key=api_key,
                              base_url=args.base_url, allow_insecure_http=bool(args.allow_insecure_http))
     rows: List[Invocation] = []
+    seen: Set[str] = set()  # an invocation that moved to the next page while paging is shown once
     for page in pages:
         for invocation, obj in zip(page.invocations, page.raw):
-            if limit is not None and len(rows) >= limit:
-                break
+            if (limit is not None and len(rows) >= limit) or invocation.id in seen:
+                continue
+            seen.add(invocation.id)
             rows.append(invocation)
             if args.format == "jsonl":
                 print_line(json_line(obj))
         if limit is not None and len(rows) >= limit:
             break
     if args.format == "text":
-        cells = [_invocation_row(invocation).split("  ") for invocation in rows]
-        widths = [max((len(row[index]) for row in cells if index < len(row)), default=0) for index in range(6)]
+        cells = [_invocation_cells(invocation) for invocation in rows]
+        widths = [max((len(row[index]) for row in cells), default=0) for index in range(6)]
         for invocation in rows:
             print_line(_invocation_row(invocation, widths))
         if not rows:
@@ -5517,13 +5638,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == "plugins":
             return _list_plugins(plugins, args.json)
         run = _Run(args, time.monotonic())  # --deadline counts from here, before any file is opened
-        hooks = _hooks_for(plugins, args)
-        if args.command == "demo":
-            return _run_demo(run, hooks)
         if args.command == "status":
             return _run_status(run, _read_api_key(args))
         if args.command == "list":
             return _run_list(run, _read_api_key(args))
+        hooks = _hooks_for(plugins, args)
+        if args.command == "demo":
+            return _run_demo(run, hooks)
         if args.command == "invoke":
             return _run_invoke(run, hooks, _read_api_key(args), args.base_url)
         if args.command == "watch":
