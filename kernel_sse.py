@@ -343,23 +343,28 @@ class SSEParser:
             self._room = self.max_event_bytes - len(data)
             if len(text) >= self.max_event_bytes:
                 self._parse_checked(text[:end].split(b"\n\n"), events)
-            else:  # no block here can be over the limit
+            else:  # no block in ``text`` can be over the limit: no checks
                 # Every piece after the first is a block whose leading
                 # "data: " the split cut off, maybe followed by more blocks.
                 pieces = text[:end].split(b"\n\ndata: ")
-                if pieces[0]:
-                    self._parse_blocks(pieces[0].split(b"\n\n"), events)
+                if pieces[0]:  # blocks before the first that starts with "data: "
+                    blocks = pieces[0].split(b"\n\n")
+                    del blocks[0]  # the empty one before the blank line put in front
+                    self._parse_blocks(blocks, events)
                 del pieces[0]
                 append = events.append
                 id_buffer = self.last_event_id  # only _parse_blocks changes it
                 for piece in pieces:
-                    if _LF in piece:
+                    if _LF in piece:  # more lines than the data line
                         self._parse_blocks((b"data: " + piece).split(b"\n\n"), events)
                         id_buffer = self.last_event_id
                     else:
-                        # The hot path of the module: the block is one data
-                        # line (all the Kernel API sends), so its event has
-                        # the default type, that line's value and no retry.
+                        # The hot path of the module (all the Kernel API
+                        # sends).  A piece without LF is a whole block: a
+                        # blank line and "data: " before it, a blank line
+                        # after it (the next "\n\ndata: " or the end of
+                        # ``text``).  So it is one data line's value, and its
+                        # event has the default type and no retry.
                         append(
                             _new_event(
                                 ServerSentEvent,
