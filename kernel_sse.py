@@ -338,7 +338,7 @@ class UsageError(KernelSSEError):
 _BOM = b"\xef\xbb\xbf"  # UTF-8 byte order mark
 # Byte values, not one-byte strings: ``10 in data`` is a plain memchr, while
 # ``b"\n" in data`` first fails (expensively) to read its operand as an int.
-_LF, _CR, _NUL = 10, 13, 0
+_LF, _CR, _NUL, _COLON = 10, 13, 0, 58
 
 
 class ServerSentEvent(NamedTuple):
@@ -378,19 +378,17 @@ class SSEParser:
         # The stream is handled as bytes: every framing character is ASCII,
         # so splitting before decoding is exact (a line end also ends any
         # broken UTF-8 sequence), and decoding each event's data once is far
-        # cheaper than decoding every line.
+        # cheaper than decoding every line.  A block (the lines up to a blank
+        # line) is parsed once, when its blank line arrives; until then its
+        # bytes are held as they came.
         self._bom_pending = b""  # first bytes, until we know if they are a BOM
         self._at_start = True
         self._last_was_cr = False
-        self._tail: List[bytes] = []  # pieces of the unfinished line
-        self._tail_size = 0
-        self._data: List[bytes] = []  # data lines of the event being built
-        self._data_size = 0
-        self._type = b""
-        self._id_buffer = ""
-        self._block_retry: Optional[int] = None
+        self._lines: List[bytes] = []  # complete lines of the unfinished block
+        self._tail: List[bytes] = []  # pieces of its unfinished line
+        self._room = max_event_bytes  # how much more the unfinished block may hold
         self._discarding = False  # skipping an oversized event to its blank line
-        self._skipping_line = False  # ... and the current line is part of it
+        self._skipped_lf = False  # ... and the last byte skipped was a line end
         self._overflows: List[int] = []  # where skipped events stood, this feed
 
     def feed(self, data: bytes) -> List[ServerSentEvent]:
@@ -399,219 +397,194 @@ class SSEParser:
         Raises :class:`EventTooLarge` (with the completed events on it) when
         an event outgrows ``max_event_bytes``.
         """
-        if self._at_start:
-            data = self._strip_bom(data)
-        if self._last_was_cr and data[:1] == b"\n":
-            data = data[1:]  # the LF of a CRLF split across chunks
-            self._last_was_cr = False
-        if not data:
-            return []
+        if self._at_start or self._last_was_cr:
+            data = self._chunk_start(data)
         if _CR in data:
-            self._last_was_cr = data[-1:] == b"\r"
+            # A CR ending this chunk pairs with an LF starting the next one.
+            self._last_was_cr = data[-1] == _CR
             data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        else:
-            self._last_was_cr = False
+        if self._discarding and data:
+            data = self._skip(data)
         if _LF not in data:
-            self._extend_tail(data, 0)
-            return self._result([])
-        if self._tail:
-            self._tail.append(data)
-            data = b"".join(self._tail)
-            self._tail = []
-            self._tail_size = 0
+            if data:  # more of the unfinished line
+                self._tail.append(data)
+                self._room -= len(data)
+                if self._room < 0:
+                    self._overflow(0)
+            return self._result([]) if self._overflows else []
         events: List[ServerSentEvent] = []
-        if len(data) >= self.max_event_bytes:
-            self._parse_text(data, events)  # the careful path, counting sizes
-            return self._result(events)
-        if self._data_size or self._discarding or data[:6] != b"data: ":
-            # An event begun in an earlier chunk, or a block of another shape:
-            # line by line up to the next block that starts with a data line.
-            cut = data.find(b"\n\ndata: ") + 2
-            if cut == 1:
-                self._parse_text(data, events)
-                return self._result(events)
-            self._parse_text(data[:cut], events)
-            data = data[cut:]
-        # The hot path of the module: a block that is one ``data:`` line (all
-        # the Kernel API sends) becomes an event without a line-by-line pass.
-        pieces = data.split(b"\n\ndata: ")
-        pieces[0] = pieces[0][6:]
-        unfinished = pieces.pop()
-        if pieces:
-            append = events.append
-            id_buffer = self._id_buffer
-            for piece in pieces:
-                if _LF in piece:  # more lines than one data line
-                    self._parse_piece(piece, events)
-                    id_buffer = self._id_buffer
-                else:
-                    append(
-                        _new_event(
-                            ServerSentEvent,
-                            ("message", piece.decode("utf-8", "replace"), id_buffer, None),
-                        )
-                    )
-            self.last_event_id = id_buffer
-        if _LF in unfinished:
-            self._parse_text(b"data: " + unfinished, events)
+        tail = self._tail
+        end = data.rfind(b"\n\n")
+        if end < 0 and (tail or data[0] != _LF):
+            # No blank line: the held block goes on.
+            self._room -= len(data)
+            if tail:  # its unfinished line ends here: hold it whole
+                tail.append(data)
+                data = b"".join(tail)
+                self._tail = []
         else:
-            # Kept in pieces, joined once when the line ends; within the
-            # limit, since all of ``data`` is.
-            self._tail = [b"data: ", unfinished]
-            self._tail_size = len(unfinished) + 6
+            # One or more blocks end here.  With a blank line put in front,
+            # every block that starts with a data line follows "\n\ndata: ".
+            text = b"".join([b"\n\n", *self._lines, *tail, data])
+            self._lines = []
+            self._tail = []
+            # Where the last blank line's "\n\n" starts in ``text``; end == -1
+            # (a blank line at data[0]) counts the LF held before it.
+            end += len(text) - len(data)
+            data = text[end + 2:]  # the new unfinished block
+            self._room = self.max_event_bytes - len(data)
+            if len(text) >= self.max_event_bytes:
+                self._parse_checked(text[:end].split(b"\n\n"), events)
+            else:  # no block in ``text`` can be over the limit: no checks
+                # Every piece after the first is a block whose leading
+                # "data: " the split cut off, maybe followed by more blocks.
+                pieces = text[:end].split(b"\n\ndata: ")
+                if pieces[0]:  # blocks before the first that starts with "data: "
+                    blocks = pieces[0].split(b"\n\n")
+                    del blocks[0]  # the empty one before the blank line put in front
+                    self._parse_blocks(blocks, events)
+                del pieces[0]
+                append = events.append
+                id_buffer = self.last_event_id  # only _parse_blocks changes it
+                for piece in pieces:
+                    if _LF in piece:  # more lines than the data line
+                        self._parse_blocks((b"data: " + piece).split(b"\n\n"), events)
+                        id_buffer = self.last_event_id
+                    else:
+                        # The hot path of the module (all the Kernel API
+                        # sends).  A piece without LF is a whole block: a
+                        # blank line and "data: " before it, a blank line
+                        # after it (the next "\n\ndata: " or the end of
+                        # ``text``).  So it is one data line's value, and its
+                        # event has the default type and no retry.
+                        append(
+                            _new_event(
+                                ServerSentEvent,
+                                ("message", piece.decode("utf-8", "replace"), id_buffer, None),
+                            )
+                        )
+        # ``data`` starts at a line start of the unfinished block.
+        end = data.rfind(b"\n") + 1
+        if end:
+            lines = data[:end]
+            self._lines.append(lines)
+            if lines[:5] == b"retry" or lines.find(b"\nretry") >= 0:
+                self._apply_retry(lines)
+            data = data[end:]
+        if data:
+            self._tail.append(data)
+        if self._room < 0:
+            self._overflow(len(events))
         return self._result(events) if self._overflows else events
 
-    def _parse_piece(self, piece: bytes, events: List[ServerSentEvent]) -> None:
-        """Parse ``piece``: a data line's value, then maybe more lines, ending
-        with a dispatch; the state is clean before it.
-
-        The blocks that keep-alive comments and ``event:`` fields make are
-        common enough to take without the line-by-line pass.
-        """
-        blocks = piece.split(b"\n\n")
-        if _LF in blocks[0]:  # the first event has more lines
-            self._parse_text(b"data: " + piece + b"\n\n", events)
-            return
-        id_buffer = self._id_buffer
-        events.append(
-            _new_event(ServerSentEvent, ("message", blocks[0].decode("utf-8", "replace"), id_buffer, None))
-        )
-        for block in blocks[1:]:
-            if block[:1] == b":" and _LF not in block:
-                continue  # only a comment: nothing to dispatch
-            name, _, rest = block.partition(b"\n")
-            if name[:7] == b"event: " and rest[:6] == b"data: " and _LF not in rest:
-                event_type = name[7:].decode("utf-8", "replace") or "message"
-                data = rest[6:].decode("utf-8", "replace")
-                events.append(_new_event(ServerSentEvent, (event_type, data, id_buffer, None)))
-            else:
-                self._parse_text(block + b"\n\n", events)
-                id_buffer = self._id_buffer
+    def _parse_blocks(self, blocks: List[bytes], events: List[ServerSentEvent]) -> None:
+        """Dispatch each of ``blocks``, complete blocks in stream order."""
+        append = events.append
+        id_buffer = self.last_event_id
+        for block in blocks:
+            data_lines: List[bytes] = []
+            event_type = "message"
+            block_retry: Optional[int] = None
+            for line in block.split(b"\n"):
+                name, space, value = line.partition(b": ")
+                if not space or _COLON in name:
+                    # No space after the first colon (or no colon): the
+                    # value starts right after the first colon.
+                    name, _, value = line.partition(b":")
+                if name == b"data":
+                    data_lines.append(value)
+                elif name == b"id":
+                    if _NUL not in value:
+                        id_buffer = value.decode("utf-8", "replace")
+                elif name == b"event":
+                    event_type = value.decode("utf-8", "replace") or "message"
+                elif name == b"retry" and value.isdigit():  # ASCII digits only
+                    try:
+                        block_retry = self.retry = int(value)
+                    except ValueError:
+                        pass  # more digits than Python converts (4300): ignored
+                # Anything else (a comment, an unknown field, the empty line
+                # a third LF in a row leaves) is ignored.
+            if data_lines:  # no data, no event
+                append(
+                    _new_event(
+                        ServerSentEvent,
+                        (
+                            event_type,
+                            b"\n".join(data_lines).decode("utf-8", "replace"),
+                            id_buffer,
+                            block_retry,
+                        ),
+                    )
+                )
         self.last_event_id = id_buffer
 
-    def _parse_text(self, text: bytes, events: List[ServerSentEvent]) -> None:
-        """Apply ``text`` line by line; keep its unfinished last line.
-
-        Dispatched events are appended to ``events``.  Every line counts
-        toward the event's size, so the limit holds whatever the chunking.
-        """
-        lines = text.split(b"\n")
-        unfinished = lines.pop()
-        limit = self.max_event_bytes
-        data_lines = self._data
-        size = self._data_size
-        event_type = self._type
-        id_buffer = self._id_buffer
-        block_retry = self._block_retry
-        discarding = self._discarding
-        skipping_line = self._skipping_line
-        for line in lines:
-            if discarding:
-                if skipping_line:
-                    skipping_line = False  # the end of the line that overflowed
-                elif not line:
-                    discarding = False  # the blank line ending the skipped event
-                    self.last_event_id = id_buffer
-                continue
-            if not line:
-                self.last_event_id = id_buffer
-                if data_lines:
-                    events.append(
-                        _new_event(
-                            ServerSentEvent,
-                            (
-                                event_type.decode("utf-8", "replace") if event_type else "message",
-                                b"\n".join(data_lines).decode("utf-8", "replace"),
-                                id_buffer,
-                                block_retry,
-                            ),
-                        )
-                    )
-                    data_lines = []
-                size = 0
-                event_type = b""
-                block_retry = None
-                continue
-            size += len(line) + 1
-            if size > limit:
+    def _parse_checked(self, blocks: List[bytes], events: List[ServerSentEvent]) -> None:
+        """Dispatch ``blocks`` like ``_parse_blocks``, skipping any over the limit."""
+        start = 0
+        for index, block in enumerate(blocks):
+            if len(block) >= self.max_event_bytes:  # with its last line end, over
+                self._parse_blocks(blocks[start:index], events)
                 self._overflows.append(len(events))
-                discarding = True
-                data_lines = []
-                size = 0
-                event_type = b""
-                block_retry = None
-                continue
-            colon = line.find(b":")
-            if colon == 0:
-                continue  # a comment
-            if colon < 0:
-                name = line
-                value = b""
-            else:
-                name = line[:colon]
-                value = line[colon + 1:]
-                if value[:1] == b" ":
-                    value = value[1:]
-            if name == b"data":
-                data_lines.append(value)
-            elif name == b"event":
-                event_type = value
-            elif name == b"id":
-                if _NUL not in value:
-                    id_buffer = value.decode("utf-8", "replace")
-            elif name == b"retry" and value.isdigit():  # ASCII digits only
-                try:
-                    block_retry = self.retry = int(value)
-                except ValueError:
-                    pass  # more digits than Python converts (4300): ignored
-        self._data = data_lines
-        self._data_size = size
-        self._type = event_type
-        self._id_buffer = id_buffer
-        self._block_retry = block_retry
-        self._discarding = discarding
-        self._skipping_line = skipping_line
-        self._extend_tail(unfinished, len(events))
+                start = index + 1
+        self._parse_blocks(blocks[start:], events)
 
-    def _strip_bom(self, data: bytes) -> bytes:
-        """Drop one UTF-8 BOM at stream start, even split across chunks."""
-        head = self._bom_pending + data
-        if len(head) < len(_BOM) and _BOM.startswith(head):
-            self._bom_pending = head
-            return b""
-        self._at_start = False
-        self._bom_pending = b""
-        return head[len(_BOM):] if head.startswith(_BOM) else head
+    def _apply_retry(self, lines: bytes) -> None:
+        """Put the ``retry`` fields of an unfinished block's ``lines`` in force.
 
-    def _extend_tail(self, piece: bytes, position: int) -> None:
-        """Keep the unfinished line, within the event size limit.
-
-        ``position`` is how many events this feed has completed so far.
+        The standard applies a field when its line ends, but only ``retry``
+        is visible before the block's blank line.  Parsing the lines as a
+        block of their own does it; what else that parse produces (an event,
+        the last event ID) is dropped.  The block's own parse, later, sets
+        the same ``retry`` again: setting it twice changes nothing.
         """
-        if not piece:
-            return
-        if self._discarding:
-            self._skipping_line = True  # its bytes are dropped, not kept
-            return
-        self._tail.append(piece)
-        self._tail_size += len(piece)
-        if self._tail_size + self._data_size > self.max_event_bytes:
-            self._overflows.append(position)
-            self._discarding = self._skipping_line = True
-            self._tail = []
-            self._tail_size = 0
-            self._data = []
-            self._data_size = 0
-            self._type = b""
-            self._block_retry = None
+        last_event_id = self.last_event_id
+        self._parse_blocks([lines], [])
+        self.last_event_id = last_event_id
+
+    def _chunk_start(self, data: bytes) -> bytes:
+        """Drop one UTF-8 BOM at stream start (even split across chunks) and
+        the LF of a CRLF whose CR ended the previous chunk."""
+        if self._at_start:
+            head = self._bom_pending + data
+            if len(head) < len(_BOM) and _BOM.startswith(head):
+                self._bom_pending = head
+                return b""
+            self._at_start = False
+            self._bom_pending = b""
+            return head[len(_BOM):] if head.startswith(_BOM) else head
+        if data:
+            self._last_was_cr = False
+            if data[0] == _LF:
+                return data[1:]
+        return data
+
+    def _skip(self, data: bytes) -> bytes:
+        """Drop ``data`` up to the blank line ending the oversized event; return the rest."""
+        if self._skipped_lf and data[0] == _LF:
+            end = 1
+        else:
+            end = data.find(b"\n\n") + 2
+            if end == 1:
+                self._skipped_lf = data[-1] == _LF
+                return b""
+        self._discarding = False
+        return data[end:]
+
+    def _overflow(self, position: int) -> None:
+        """Drop the unfinished block: it outgrew the limit."""
+        self._overflows.append(position)
+        self._discarding = True
+        self._skipped_lf = not self._tail
+        self._lines = []
+        self._tail = []
+        self._room = self.max_event_bytes
 
     def _result(self, events: List[ServerSentEvent]) -> List[ServerSentEvent]:
-        """Return ``events``, or raise EventTooLarge carrying them."""
-        if self._overflows:
-            positions = self._overflows
-            self._overflows = []
-            raise EventTooLarge(self.max_event_bytes, events, positions)
-        return events
+        """Raise EventTooLarge carrying ``events``."""
+        positions = self._overflows
+        self._overflows = []
+        raise EventTooLarge(self.max_event_bytes, events, positions)
 
 
 # Building the tuple directly skips NamedTuple's Python-level __new__: the
