@@ -1375,8 +1375,16 @@ def _fingerprint(data: str) -> str:
     return hashlib.blake2b(data.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
 
 
-def _time_key(timestamp: datetime, raw: str) -> Tuple[datetime, int]:
-    """An ordering key with the nanoseconds a datetime cannot hold."""
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_Key = Tuple[int, int]  # (microseconds since the epoch, the nanoseconds a datetime cannot hold)
+_OLDEST: _Key = (-(10 ** 18), 0)  # before any time: where untimed events sit before any timed one
+
+
+def _time_key(timestamp: datetime, raw: str) -> _Key:
+    """An ordering key for a timestamp: plain integers, so that times near
+    year 1 or 9999 in any offset neither overflow nor compare wrongly."""
+    delta = timestamp - _EPOCH  # aware minus aware: a timedelta, never out of range
+    micros = (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
     dot = raw.find(".")
     nanos = 0
     if dot >= 0:
@@ -1385,12 +1393,26 @@ def _time_key(timestamp: datetime, raw: str) -> Tuple[datetime, int]:
         while end < len(digits) and "0" <= digits[end] <= "9":
             end += 1
         nanos = int(digits[:end].ljust(3, "0")) if end else 0
-    return timestamp, nanos
+    return micros, nanos
+
+
+def _format_key(key: _Key) -> str:
+    """The RFC 3339 UTC time (microseconds) of a key, for ``since``; clamped to
+    years 1 to 9999 (earlier is safe: ``since`` only asks for more)."""
+    from datetime import timedelta
+
+    micros = min(max(key[0], _time_key(datetime.min.replace(tzinfo=timezone.utc), "")[0]),
+                 _time_key(datetime.max.replace(tzinfo=timezone.utc), "")[0])
+    return _format_since(_EPOCH + timedelta(microseconds=micros))
 
 
 def _format_since(moment: datetime) -> str:
-    """A UTC RFC 3339 time with microseconds, for ``since``."""
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """A UTC RFC 3339 time with microseconds, for ``since`` (four-digit years:
+    strftime writes year 1 as "1" on some platforms)."""
+    utc = moment.astimezone(timezone.utc)
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ" % (
+        utc.year, utc.month, utc.day, utc.hour, utc.minute, utc.second, utc.microsecond
+    )
 
 
 @dataclass(frozen=True)
@@ -1546,16 +1568,16 @@ class FollowState:
         self._parser = SSEParser(max_event_bytes)
         # Resume state: the newest timed event delivered, the window of
         # recent deliveries, and the last state's content.
-        self._latest: Optional[Tuple[datetime, int]] = None
+        self._latest: Optional[_Key] = None
         self._latest_raw: Optional[str] = None
-        self._floor: Optional[Tuple[datetime, int]] = None
+        self._floor: Optional[_Key] = None
         self._floor_raw: Optional[str] = None
         self._window: Dict[str, int] = {}
-        self._window_order: List[Tuple[Tuple[datetime, int], str, str]] = []  # (time, raw time, fingerprint)
+        self._window_order: List[Tuple[_Key, str, str]] = []  # (time, raw time, fingerprint)
         self._skip: Dict[str, int] = {}
-        self._skip_before: Optional[Tuple[datetime, int]] = None
+        self._skip_before: Optional[_Key] = None
         self._states: List[str] = []
-        self._undo: Optional[Tuple[str, str, Optional[Tuple[datetime, int]], Optional[str]]] = None
+        self._undo: Optional[Tuple[str, str, Optional[_Key], Optional[str]]] = None
         if checkpoint is not None:
             self._restore(checkpoint)
 
@@ -1749,11 +1771,11 @@ class FollowState:
         print_ = _fingerprint(data)
         if self._is_copy(print_, None):
             return False
-        key = self._latest or (datetime.min.replace(tzinfo=timezone.utc), 0)
+        key = self._latest or _OLDEST
         self._remember(key, self._latest_raw or "", print_)
         return True
 
-    def _is_copy(self, print_: str, key: Optional[Tuple[datetime, int]]) -> bool:
+    def _is_copy(self, print_: str, key: Optional[_Key]) -> bool:
         """True (and counted) for a replayed copy of an event delivered before."""
         left = self._skip.get(print_, 0)
         if left:
@@ -1786,7 +1808,7 @@ class FollowState:
                 break
         self._latest, self._latest_raw = latest, latest_raw
 
-    def _remember(self, key: Tuple[datetime, int], raw: str, print_: str) -> None:
+    def _remember(self, key: _Key, raw: str, print_: str) -> None:
         self._undo = ("event", print_, self._latest, self._latest_raw)
         self._progressed = True
         self._window[print_] = self._window.get(print_, 0) + 1
@@ -1799,15 +1821,15 @@ class FollowState:
         if self._latest is None:
             start = None
         else:
-            start = (self._latest[0] - _timedelta(self.reorder_window), self._latest[1])
+            start = (self._latest[0] - int(self.reorder_window * 1_000_000), self._latest[1])
         kept = [item for item in self._window_order if start is None or item[0] >= start]
         kept.sort(key=lambda item: item[0])
         if len(kept) > _WINDOW_LIMIT:
             dropped = kept[-_WINDOW_LIMIT - 1]
             # Nothing at or before the newest forgotten event is asked for again.
-            floor = (dropped[0][0] + _timedelta(1e-6), 0)
+            floor = (dropped[0][0] + 1, 0)
             if self._floor is None or floor > self._floor:
-                self._floor, self._floor_raw = floor, _format_since(floor[0])
+                self._floor, self._floor_raw = floor, _format_key(floor)
             kept = kept[-_WINDOW_LIMIT:]
         self._window_order = kept
         window: Dict[str, int] = {}
@@ -1822,21 +1844,21 @@ class FollowState:
         what was delivered), never earlier than the caller's ``since``."""
         if self._latest is None:
             return self._floor_raw or self._user_since
-        start = self._latest[0] - _timedelta(self.reorder_window)
-        candidates = [(start, _format_since(start))]
+        start = (self._latest[0] - int(self.reorder_window * 1_000_000), 0)
+        candidates = [(start, _format_key(start))]
         if self._floor is not None and self._floor_raw is not None:
-            candidates.append((self._floor[0], self._floor_raw))
+            candidates.append((self._floor, self._floor_raw))
         user = self._user_since_time()
         if user is not None and self._user_since is not None:
             candidates.append((user, self._user_since))
         return max(candidates, key=lambda item: item[0])[1]
 
-    def _user_since_time(self) -> Optional[datetime]:
+    def _user_since_time(self) -> Optional[_Key]:
         """The caller's ``since``, when it is a time (a duration is the server's to read)."""
         if self._user_since is None:
             return None
         try:
-            return parse_timestamp(self._user_since)
+            return _time_key(parse_timestamp(self._user_since), self._user_since)
         except ValueError:
             return None
 
@@ -1852,7 +1874,7 @@ class FollowState:
             try:
                 key = _time_key(parse_timestamp(raw), raw)
             except ValueError:  # an untimed event delivered before any timed one
-                key = (datetime.min.replace(tzinfo=timezone.utc), 0)
+                key = _OLDEST
             self._window[print_] = self._window.get(print_, 0) + 1
             self._window_order.append((key, raw, print_))
 

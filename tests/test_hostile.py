@@ -90,11 +90,18 @@ class Result:
 
     def jsonl(self) -> List[Dict[str, object]]:
         objs = []
-        for line in self.out.splitlines():
-            try:
-                obj = json.loads(line)
-            except ValueError:
-                continue
+        limit = sys.getrecursionlimit()
+        sys.setrecursionlimit(limit + 5000)  # legal JSON ~1000 deep is among the output; the test's stack is deep
+        try:
+            decoded = []
+            for line in self.out.splitlines():
+                try:
+                    decoded.append(json.loads(line))
+                except ValueError:
+                    continue
+        finally:
+            sys.setrecursionlimit(limit)
+        for obj in decoded:
             if isinstance(obj, dict):
                 objs.append(obj)
         return objs
