@@ -15,6 +15,7 @@ from __future__ import annotations
 # Only what every use needs is imported here: the network, TLS, argparse and
 # the like are imported where they are used, so ``import kernel_sse`` stays
 # fast on a slow disk.
+import collections
 import contextlib
 import json
 import os
@@ -29,6 +30,7 @@ from typing import (
     Callable,
     ClassVar,
     ContextManager,
+    Deque,
     Iterator,
     NoReturn,
     Dict,
@@ -1573,7 +1575,7 @@ class FollowState:
         self._floor: Optional[_Key] = None
         self._floor_raw: Optional[str] = None
         self._window: Dict[str, int] = {}
-        self._window_order: List[Tuple[_Key, str, str]] = []  # (time, raw time, fingerprint)
+        self._window_order: Deque[Tuple[_Key, str, str]] = collections.deque()  # (time, raw time, fingerprint)
         self._skip: Dict[str, int] = {}
         self._skip_before: Optional[_Key] = None
         self._states: List[str] = []
@@ -1797,11 +1799,7 @@ class FollowState:
             if print_ in self._states:
                 self._states.remove(print_)
             return
-        count = self._window.get(print_, 0)
-        if count > 1:
-            self._window[print_] = count - 1
-        else:
-            self._window.pop(print_, None)
+        self._forget(print_)
         for index in range(len(self._window_order) - 1, -1, -1):
             if self._window_order[index][2] == print_:
                 del self._window_order[index]
@@ -1812,9 +1810,24 @@ class FollowState:
         self._undo = ("event", print_, self._latest, self._latest_raw)
         self._progressed = True
         self._window[print_] = self._window.get(print_, 0) + 1
-        self._window_order.append((key, raw, print_))
-        if len(self._window_order) > 2 * _WINDOW_LIMIT:
+        order = self._window_order
+        order.append((key, raw, print_))
+        latest = self._latest if self._latest is None or key <= self._latest else key
+        if latest is not None:
+            # Forget, oldest first, what fell out of the window: a follow's memory
+            # stays flat however long it runs (a late entry behind a newer one waits).
+            start = latest[0] - int(self.reorder_window * 1_000_000)
+            while order and order[0][0][0] < start:
+                self._forget(order.popleft()[2])
+        if len(order) > 2 * _WINDOW_LIMIT:  # a burst: cut to the limit now and then, not per event
             self._prune()
+
+    def _forget(self, print_: str) -> None:
+        count = self._window.get(print_, 0)
+        if count > 1:
+            self._window[print_] = count - 1
+        else:
+            self._window.pop(print_, None)
 
     def _prune(self) -> None:
         """Forget deliveries older than the window, and the oldest past the limit."""
@@ -1831,7 +1844,7 @@ class FollowState:
             if self._floor is None or floor > self._floor:
                 self._floor, self._floor_raw = floor, _format_key(floor)
             kept = kept[-_WINDOW_LIMIT:]
-        self._window_order = kept
+        self._window_order = collections.deque(kept)
         window: Dict[str, int] = {}
         for _key, _raw, print_ in kept:
             window[print_] = window.get(print_, 0) + 1
@@ -2670,10 +2683,16 @@ class _Response:
     """One HTTP/1.1 response read off an asyncio stream by HTTPResponseReader:
     its head, then its body bytes as they arrive (never held back)."""
 
-    def __init__(self, stream: asyncio.StreamReader, method: str = "GET") -> None:
+    def __init__(
+        self, stream: asyncio.StreamReader, method: str = "GET", transport: Optional[asyncio.WriteTransport] = None
+    ) -> None:
         self._stream = stream
         self._reader = HTTPResponseReader(method)
         self._body: List[bytes] = []  # body bytes read but not yet taken
+        self._transport = transport
+        self._timer: Optional[asyncio.TimerHandle] = None
+        self._timer_at = 0.0
+        self._expired = False
 
     @property
     def head(self) -> ResponseHead:
@@ -2713,10 +2732,47 @@ class _Response:
         return body[:limit]
 
     async def _feed(self, until: float) -> None:
-        data = await _until(self._stream.read(_READ_SIZE), until)
+        if self._transport is None:
+            data = await _until(self._stream.read(_READ_SIZE), until)
+        else:
+            data = await self._read_by(until)
         for event in self._reader.feed(data) if data else self._reader.feed_eof():
             if isinstance(event, BodyData):
                 self._body.append(event.data)
+
+
+    async def _read_by(self, until: float) -> bytes:
+        """A read bounded by ``until`` through one timer per bound, not a task
+        per read: when the timer fires it aborts the connection, and the read
+        raises asyncio.TimeoutError as a timed-out wait would (streams read
+        many times between two bounds)."""
+        import asyncio
+
+        if self._timer is None or self._timer_at != until:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = until
+            self._timer = asyncio.get_running_loop().call_at(until, self._expire)
+        try:
+            data = await self._stream.read(_READ_SIZE)
+        except (OSError, ValueError):
+            if self._expired:
+                raise asyncio.TimeoutError() from None
+            raise
+        if self._expired:
+            raise asyncio.TimeoutError()
+        return data
+
+    def _expire(self) -> None:
+        self._expired = True
+        assert self._transport is not None
+        self._transport.abort()
+
+    def close(self) -> None:
+        """Stop the read timer (the connection is closed by its writer)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 class _Connector:
@@ -2745,7 +2801,7 @@ class _Connector:
         stream, writer = await self.connect(origin, connect_by)
         try:
             writer.write(self._request(origin, target, accept))
-            response = _Response(stream)
+            response = _Response(stream, transport=writer.transport)
             await response.read_head(until)
             return response, writer
         except BaseException:
