@@ -1377,14 +1377,49 @@ def _fingerprint(data: str) -> str:
     return hashlib.blake2b(data.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
 
 
+_DIGEST = "\x00#"  # marks a window identity that is a fingerprint, not the data itself
+_SHORT_DATA = 512
+
+
+def _identity(data: str) -> str:
+    """How the reorder window knows an event in memory: its data when short
+    (no hashing on the hot path), else the marked fingerprint of it."""
+    return data if len(data) <= _SHORT_DATA else _DIGEST + _fingerprint(data)
+
+
+def _as_fingerprint(identity: str) -> str:
+    """The fingerprint a checkpoint stores for a window identity."""
+    return identity[len(_DIGEST):] if identity.startswith(_DIGEST) else _fingerprint(identity)
+
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _Key = Tuple[int, int]  # (microseconds since the epoch, the nanoseconds a datetime cannot hold)
 _OLDEST: _Key = (-(10 ** 18), 0)  # before any time: where untimed events sit before any timed one
 
 
+_DAY_STARTS: Dict[str, int] = {}  # "2025-06-20" -> microseconds since the epoch at its midnight (UTC)
+
+
 def _time_key(timestamp: datetime, raw: str) -> _Key:
     """An ordering key for a timestamp: plain integers, so that times near
     year 1 or 9999 in any offset neither overflow nor compare wrongly."""
+    if len(raw) == 30 and raw[29] == "Z" and raw[19] == ".":
+        # The API's own shape (UTC, nanoseconds), already checked by the parser:
+        # read the digits, with the day's start computed once per day.
+        day = _DAY_STARTS.get(raw[:10])
+        if day is not None:
+            return (day + int(raw[11:13]) * 3_600_000_000 + int(raw[14:16]) * 60_000_000
+                    + int(raw[17:19]) * 1_000_000 + int(raw[20:26])), int(raw[26:29])
+        key = _slow_time_key(timestamp, raw)
+        if len(_DAY_STARTS) > 1000:
+            _DAY_STARTS.clear()
+        _DAY_STARTS[raw[:10]] = key[0] - (int(raw[11:13]) * 3600 + int(raw[14:16]) * 60 + int(raw[17:19])) * 1_000_000 \
+            - int(raw[20:26])
+        return key
+    return _slow_time_key(timestamp, raw)
+
+
+def _slow_time_key(timestamp: datetime, raw: str) -> _Key:
     delta = timestamp - _EPOCH  # aware minus aware: a timedelta, never out of range
     micros = (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
     dot = raw.find(".")
@@ -1554,6 +1589,7 @@ class FollowState:
         self.retry_after_cap = backoff_cap if retry_after_cap is None else retry_after_cap
         self.max_event_bytes = max_event_bytes
         self.reorder_window = reorder_window
+        self._window_micros = int(reorder_window * 1_000_000)
         self._random = random or random_module.random
         self.attempt = 0
         self.reconnects = 0
@@ -1579,6 +1615,7 @@ class FollowState:
         self._skip: Dict[str, int] = {}
         self._skip_before: Optional[_Key] = None
         self._states: List[str] = []
+        self._restored = False  # the window holds fingerprints from a checkpoint
         self._undo: Optional[Tuple[str, str, Optional[_Key], Optional[str]]] = None
         if checkpoint is not None:
             self._restore(checkpoint)
@@ -1615,6 +1652,7 @@ class FollowState:
         self._probe_at = now + _STATUS_PROBE_AFTER
         self._parser = SSEParser(self.max_event_bytes)
         self._skip = dict(self._window)
+        self._restored = any(identity.startswith(_DIGEST) for identity in self._skip)
         since = self._resume_since()
         # Within the window the fingerprints decide; an event from before
         # ``since`` (a server that ignores it) was delivered before, or is too
@@ -1711,7 +1749,7 @@ class FollowState:
     def checkpoint(self) -> Checkpoint:
         """Where the follow stands: resume from here with nothing lost or repeated."""
         self._prune()
-        seen = tuple((raw, print_) for _time, raw, print_ in self._window_order)
+        seen = tuple((raw, _as_fingerprint(identity)) for _time, raw, identity in self._window_order)
         return Checkpoint(self._latest_raw, seen, tuple(self._states), self._floor_raw)
 
     # -- once-only delivery ----------------------------------------------
@@ -1760,8 +1798,12 @@ class FollowState:
 
     def _admit_timed(self, timestamp: datetime, raw: str, data: str) -> bool:
         key = _time_key(timestamp, raw)
-        print_ = _fingerprint(data)
-        if self._is_copy(print_, key):
+        print_ = _identity(data)
+        if self._skip and self._is_copy(print_, key, data):
+            return False
+        if self._skip_before is not None and key < self._skip_before:
+            # Older than what was asked for (a server that ignores ``since``):
+            # delivered before, or too late to tell.
             return False
         self._remember(key, raw, print_)
         if self._latest is None or key > self._latest:
@@ -1770,22 +1812,27 @@ class FollowState:
 
     def _admit_untimed(self, data: str) -> bool:
         """Events with no usable timestamp count as delivered at the newest one."""
-        print_ = _fingerprint(data)
-        if self._is_copy(print_, None):
+        print_ = _identity(data)
+        if self._skip and self._is_copy(print_, None, data):
             return False
         key = self._latest or _OLDEST
         self._remember(key, self._latest_raw or "", print_)
         return True
 
-    def _is_copy(self, print_: str, key: Optional[_Key]) -> bool:
+    def _is_copy(self, identity: str, key: Optional[_Key], data: str) -> bool:
         """True (and counted) for a replayed copy of an event delivered before."""
-        left = self._skip.get(print_, 0)
+        skip = self._skip
+        left = skip.get(identity, 0)
+        if not left and self._restored and not identity.startswith(_DIGEST):
+            # Delivered by an earlier run: its checkpoint holds fingerprints only.
+            identity = _DIGEST + _fingerprint(data)
+            left = skip.get(identity, 0)
         if left:
-            self._skip[print_] = left - 1
+            skip[identity] = left - 1
+            if left == 1:
+                del skip[identity]  # an empty skip list keeps the hot path free
             return True
-        # Older than what was asked for: the server ignores ``since``, and
-        # such an event lies before the window: delivered before, or too late to tell.
-        return key is not None and self._skip_before is not None and key < self._skip_before
+        return False
 
     def undeliver_last(self) -> None:
         """The last event handed over did not reach its consumer (a hook was
@@ -1807,18 +1854,25 @@ class FollowState:
         self._latest, self._latest_raw = latest, latest_raw
 
     def _remember(self, key: _Key, raw: str, print_: str) -> None:
-        self._undo = ("event", print_, self._latest, self._latest_raw)
+        latest = self._latest
+        self._undo = ("event", print_, latest, self._latest_raw)
         self._progressed = True
-        self._window[print_] = self._window.get(print_, 0) + 1
+        window = self._window
+        window[print_] = window.get(print_, 0) + 1
         order = self._window_order
         order.append((key, raw, print_))
-        latest = self._latest if self._latest is None or key <= self._latest else key
-        if latest is not None:
-            # Forget, oldest first, what fell out of the window: a follow's memory
-            # stays flat however long it runs (a late entry behind a newer one waits).
-            start = latest[0] - int(self.reorder_window * 1_000_000)
-            while order and order[0][0][0] < start:
-                self._forget(order.popleft()[2])
+        if latest is None or key > latest:
+            latest = key
+        # Forget, oldest first, what fell out of the window: a follow's memory
+        # stays flat however long it runs (a late entry behind a newer one waits).
+        start = latest[0] - self._window_micros
+        while order[0][0][0] < start:
+            forgotten = order.popleft()[2]
+            count = window[forgotten]
+            if count > 1:
+                window[forgotten] = count - 1
+            else:
+                del window[forgotten]
         if len(order) > 2 * _WINDOW_LIMIT:  # a burst: cut to the limit now and then, not per event
             self._prune()
 
@@ -1888,8 +1942,10 @@ class FollowState:
                 key = _time_key(parse_timestamp(raw), raw)
             except ValueError:  # an untimed event delivered before any timed one
                 key = _OLDEST
-            self._window[print_] = self._window.get(print_, 0) + 1
-            self._window_order.append((key, raw, print_))
+            identity = _DIGEST + print_
+            self._window[identity] = self._window.get(identity, 0) + 1
+            self._window_order.append((key, raw, identity))
+            self._restored = True
 
 
 def _timedelta(seconds: float) -> Any:
