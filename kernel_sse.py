@@ -4086,7 +4086,12 @@ class Hooks:
         # A count, not the exceptions: their tracebacks would keep every
         # failing call's events alive for the whole follow.
         self.failures = 0
-        self._context_failures: Dict[int, int] = {}  # by id(): a context lives as long as its follow
+        # By context, held weakly: keyed by id() instead, a context freed after its
+        # follow (watch makes them for hours) could lend its address, and so its
+        # failures, to a later follow's context.
+        import weakref
+
+        self._context_failures: weakref.WeakKeyDictionary[object, int] = weakref.WeakKeyDictionary()
         self._reported: set[Tuple[str, str]] = set()
 
     def _call(self, hook: str, **kwargs: object) -> None:
@@ -4122,11 +4127,11 @@ class Hooks:
     def _failed(self, context: object) -> None:
         self.failures += 1
         if context is not None:
-            self._context_failures[id(context)] = self._context_failures.get(id(context), 0) + 1
+            self._context_failures[context] = self._context_failures.get(context, 0) + 1
 
     def failures_in(self, context: FollowContext) -> int:
         """How many hook calls raised during one follow (several may share these hooks)."""
-        return self._context_failures.get(id(context), 0)
+        return self._context_failures.get(context, 0)
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """Let plugins add command-line options."""
@@ -4190,7 +4195,8 @@ def _follow_through_hooks(
         outcome = _outcome_of(exc, follower.state, follower.deadline, describe)
     finally:
         follower.close()
-    return _finish_follow(follower.state, hooks, context, outcome, save, describe, finishing), failure
+    outcome, stopped = _finish_follow(follower.state, hooks, context, outcome, save, describe, finishing)
+    return outcome, stopped or failure
 
 
 async def _afollow_through_hooks(
@@ -4221,7 +4227,8 @@ async def _afollow_through_hooks(
         outcome = _outcome_of(exc, follower.state, follower.deadline, describe)
     finally:
         await follower.aclose()
-    return _finish_follow(follower.state, hooks, context, outcome, save, describe, finishing), failure
+    outcome, stopped = _finish_follow(follower.state, hooks, context, outcome, save, describe, finishing)
+    return outcome, stopped or failure
 
 
 def _hand_over(
@@ -4299,26 +4306,39 @@ def _finish_follow(
     save: Optional[Callable[[Checkpoint, Optional[str]], None]],
     describe: Callable[[BaseException], str],
     finishing: Callable[[], None],
-) -> Outcome:
-    """Every ending's tail: save the checkpoint, then run ``on_finish``."""
+) -> Tuple[Outcome, Optional[KeyboardInterrupt]]:
+    """Every ending's tail: save the checkpoint, then run ``on_finish``.
+
+    A signal or Ctrl-C that arrives in this tail (while saving, or in a
+    plugin's ``on_finish``) cuts it short but is not lost: the ending
+    becomes ``interrupted`` and the interrupt is returned, for the caller
+    to raise again (``run_follow``) or to stop the other follows (``follow A B``).
+    """
+    stopped: Optional[KeyboardInterrupt] = None
     if save is not None and outcome.status not in TERMINAL_STATUSES:
         try:
             save(state.checkpoint, None)
         except UsageError as exc:
             outcome = Outcome("usage_error", EXIT_USAGE, state.invocation, describe(exc))
-        except KeyboardInterrupt:
-            pass  # a second signal while saving: the previous file is still whole
+        except KeyboardInterrupt as exc:  # the previous file is still whole
+            stopped = exc
+    if stopped is not None and outcome.status != "interrupted":
+        outcome = _outcome_of(stopped, state, None, describe)
     finishing()
     try:
         hooks.on_finish(outcome, context)
     except PluginFailed as exc:
         outcome = Outcome("plugin_error", EXIT_PLUGIN_ERROR, outcome.invocation,
                           (outcome.message + "; " if outcome.message else "") + describe(exc))
-    except KeyboardInterrupt:
-        pass  # the user insists: the state is saved, stop here
+    except KeyboardInterrupt as exc:  # the user insists: the state is saved, stop here
+        stopped = stopped or exc
+        if outcome.status != "interrupted":
+            outcome = _outcome_of(exc, state, None, describe)
+    if stopped is not None:
+        return outcome, stopped
     if outcome.exit_code == EXIT_SUCCEEDED and hooks.failures_in(context):
         outcome = Outcome("plugin_error", EXIT_PLUGIN_ERROR, outcome.invocation, outcome.message)
-    return outcome
+    return outcome, None
 
 
 def run_follow(
@@ -4355,16 +4375,33 @@ def _plugin_hooks(plugins: Sequence[object], strict: bool) -> Hooks:
     names = [getattr(plugin, "__name__", None) or type(plugin).__name__ for plugin in plugins]
     names = [name if names.count(name) == 1 else f"{name}-{index}" for index, name in enumerate(names)]
     try:
-        plugin_set = PluginSet()
+        plugin_set: Optional[PluginSet] = PluginSet()
     except PluginError:
-        impls: Dict[str, List[_Impl]] = {}
-        for plugin, name in zip(plugins, names):
-            for hook, found in _impls_of(plugin, name).items():
-                impls.setdefault(hook, []).extend(found)
-        return Hooks(impls, strict=strict)
-    for plugin, name in zip(plugins, names):
-        plugin_set.register(plugin, name, "api")
-    return plugin_set.hooks(strict=strict)
+        plugin_set = None
+    # Plugins with hookimpl marks go through pluggy (its validation, and only the
+    # marked functions count); plain objects without a single mark are called
+    # by their hook-named methods, as without pluggy.  Hooks run in the order
+    # the plugins are given.
+    marked = [plugin_set is not None and _has_marks(plugin) for plugin in plugins]
+    by_pluggy: Mapping[str, Sequence[_Impl]] = {}
+    if plugin_set is not None:
+        for plugin, name, is_marked in zip(plugins, names, marked):
+            if is_marked:
+                plugin_set.register(plugin, name, "api")
+        by_pluggy = plugin_set.hooks(strict=strict)._impls
+    impls: Dict[str, List[_Impl]] = {}
+    for plugin, name, is_marked in zip(plugins, names, marked):
+        found = {hook: [impl for impl in some if impl.plugin == name] for hook, some in by_pluggy.items()} \
+            if is_marked else _impls_of(plugin, name)
+        for hook, mine in found.items():
+            impls.setdefault(hook, []).extend(mine)
+    return Hooks(impls, strict=strict)
+
+
+def _has_marks(plugin: object) -> bool:
+    """Whether any attribute of ``plugin`` carries the ``kernel_sse.hookimpl`` mark."""
+    return any(getattr(getattr(plugin, attribute, None), "kernel_sse_impl", None) is not None
+               for attribute in dir(plugin))
 
 
 def _impls_of(obj: object, plugin: str) -> Dict[str, List[_Impl]]:
@@ -4692,9 +4729,14 @@ class _BuiltinOutput:
         self._write(event, context)
 
     def on_terminal(self, invocation: Invocation, context: FollowContext) -> None:
-        """Print the result (text output only: JSON lines stay pure)."""
+        """Print the result (text output only: JSON lines stay pure); each of
+        its lines tagged when several follows share the output."""
         if self.output_format == "text":
-            print_line(format_result(invocation, context.elapsed))
+            result = format_result(invocation, context.elapsed)
+            width = context.options.get("tag_width")
+            if isinstance(width, int):
+                result = "\n".join(tagged_text(row, context.invocation_id, width) for row in result.split("\n"))
+            print_line(result)
 
 
 def _seconds(flag: str) -> Callable[[str], float]:
@@ -5636,8 +5678,9 @@ def _run_watch(run: _Run, hooks: Hooks, api_key: str) -> int:
 
     args = run.args
     many = _Many(run, hooks, api_key, _ID_WIDTH)
+    # --deadline bounds the list requests (and their retries) too: they run in a thread the loop waits for.
     api = _api(api_key=api_key, base_url=args.base_url, allow_insecure_http=bool(args.allow_insecure_http),
-               max_retries=args.max_retries)
+               max_retries=args.max_retries, deadline=run.deadline_left())
     filters = {"app_name": args.app, "action_name": args.action, "version": args.app_version}
     problems: List[int] = []
 
@@ -5652,18 +5695,25 @@ def _run_watch(run: _Run, hooks: Hooks, api_key: str) -> int:
         loop = asyncio.get_running_loop()
         tasks: Dict[str, asyncio.Task[None]] = {}
         pause = args.poll
+        listed = False
         try:
             while True:
                 try:
                     found = await loop.run_in_executor(None, active)  # the list is blocking I/O: off the loop
+                except DeadlineExceeded as exc:
+                    if not listed:  # the API never answered: nothing was watched
+                        problems.append(EXIT_GAVE_UP)
+                        _say(run.message(exc))
+                    break  # else the normal end
                 except (APIStatusError, ConnectionFailed) as exc:
                     problems.append(EXIT_REFUSED if isinstance(exc, APIStatusError) else EXIT_GAVE_UP)
                     _say(run.message(exc))
                     break
+                listed = True
                 new = [invocation_id for invocation_id in found if invocation_id not in tasks]
                 for invocation_id in new:
                     tasks[invocation_id] = asyncio.ensure_future(many.follow(invocation_id, None))
-                pause = args.poll if new else min(pause * 2, 30.0)
+                pause = args.poll if new else min(pause * 2, max(args.poll, 30.0))
                 left = run.deadline_left()
                 if left is not None and left <= pause:
                     await asyncio.sleep(left)

@@ -272,12 +272,21 @@ def _event_line(
             line = _paint(run, stamp, _DIM) + " " + (_paint(run, rest, colour) if colour else rest)
         elif colour:
             line = _paint(run, line, colour)
-    if context is not None and isinstance(width, int):
-        tag = kernel_sse.tagged_text("", context.invocation_id, width).rstrip()
-        padding = " " * (max(width, len(tag)) - len(tag) + 2)
-        id_colour = _ID_COLOURS[sum(context.invocation_id.encode()) % len(_ID_COLOURS)]
-        line = _paint(run, tag, id_colour) + padding + line
+    if context is not None:
+        line = _tagged(run, line, context)
     return line
+
+
+def _tagged(run: _Follow, line: str, context: FollowContext) -> str:
+    """``line`` prefixed with the invocation id when several follows share the
+    output (``tag_width`` option), the id in a colour of its own on a terminal."""
+    width = context.options.get("tag_width")
+    if not isinstance(width, int):
+        return line
+    tag = kernel_sse.tagged_text("", context.invocation_id, width)[:-2].rstrip(" ")
+    padding = " " * (max(width, len(tag)) - len(tag) + 2)
+    id_colour = _ID_COLOURS[sum(context.invocation_id.encode("utf-8", "surrogatepass")) % len(_ID_COLOURS)]
+    return _paint(run, tag, id_colour) + padding + line
 
 
 def _show(event: kernel_sse.KernelEvent, context: FollowContext, colour: str = "") -> None:
@@ -360,7 +369,7 @@ def on_terminal(invocation: Invocation, context: FollowContext) -> None:
     rows = [visible(row) for row in kernel_sse.format_result(shown, context.elapsed).split("\n")]
     if run.colour:
         rows[0] = _paint(run, rows[0], _BOLD, _GREEN if invocation.status == "succeeded" else _RED)
-    _print(run, "\n".join(rows))
+    _print(run, "\n".join(_tagged(run, row, context) for row in rows))
 
 
 @kernel_sse.hookimpl
