@@ -39,6 +39,8 @@ EXCLUDED: List[Tuple[str, str]] = [
     (r"\bfollow (INVOCATION_ID|inv_123|ID)\b", "follows a real invocation: needs the Kernel API and a key"),
     (r"^#!/bin/sh\n# /usr/local/bin/watch-invocation",
      "the cron script: needs /etc/kernel-sse/env, a real key and the network"),
+    (r"^#!/bin/sh\n# /usr/local/bin/nightly-scrape",
+     "the nightly cron script: needs /etc/kernel-sse/env, a real key, the network and /var/lib/kernel-sse"),
     (r"^(systemctl|journalctl) ", "needs systemd and the units installed on the host"),
 ]
 """(regular expression searched in the command, why it is not run). Each matches at least one command."""
