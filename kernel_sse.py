@@ -1393,33 +1393,19 @@ def _as_fingerprint(identity: str) -> str:
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_Key = Tuple[int, int]  # (microseconds since the epoch, the nanoseconds a datetime cannot hold)
-_OLDEST: _Key = (-(10 ** 18), 0)  # before any time: where untimed events sit before any timed one
-
-
-_DAY_STARTS: Dict[str, int] = {}  # "2025-06-20" -> microseconds since the epoch at its midnight (UTC)
+_Key = str
+"""An ordering key for a timestamp: the instant in UTC as the API writes it,
+``YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ``, so keys compare as strings; instants
+outside years 1 to 9999 in UTC (``0001-01-01T00:00:00+01:00``) are clamped
+to the ends of that range."""
+_OLDEST: _Key = ""  # before any time: where untimed events sit before any timed one
+_FIRST_KEY, _LAST_KEY = "0001-01-01T00:00:00.000000000Z", "9999-12-31T23:59:59.999999999Z"
 
 
 def _time_key(timestamp: datetime, raw: str) -> _Key:
-    """An ordering key for a timestamp: plain integers, so that times near
-    year 1 or 9999 in any offset neither overflow nor compare wrongly."""
-    if len(raw) == 30 and raw[29] == "Z" and raw[19] == ".":
-        # The API's own shape (UTC, nanoseconds), already checked by the parser:
-        # read the digits, with the day's start computed once per day.
-        day = _DAY_STARTS.get(raw[:10])
-        if day is not None:
-            return (day + int(raw[11:13]) * 3_600_000_000 + int(raw[14:16]) * 60_000_000
-                    + int(raw[17:19]) * 1_000_000 + int(raw[20:26])), int(raw[26:29])
-        key = _slow_time_key(timestamp, raw)
-        if len(_DAY_STARTS) > 1000:
-            _DAY_STARTS.clear()
-        _DAY_STARTS[raw[:10]] = key[0] - (int(raw[11:13]) * 3600 + int(raw[14:16]) * 60 + int(raw[17:19])) * 1_000_000 \
-            - int(raw[20:26])
-        return key
-    return _slow_time_key(timestamp, raw)
-
-
-def _slow_time_key(timestamp: datetime, raw: str) -> _Key:
+    """The ordering key of a timestamp (``raw`` as sent, ``timestamp`` parsed)."""
+    if len(raw) == 30 and raw[29] == "Z" and raw[19] == "." and raw[10] == "T":
+        return raw  # the API's own shape, already checked by the parser: the key as it is
     delta = timestamp - _EPOCH  # aware minus aware: a timedelta, never out of range
     micros = (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
     dot = raw.find(".")
@@ -1430,17 +1416,36 @@ def _slow_time_key(timestamp: datetime, raw: str) -> _Key:
         while end < len(digits) and "0" <= digits[end] <= "9":
             end += 1
         nanos = int(digits[:end].ljust(3, "0")) if end else 0
-    return micros, nanos
+    return _key_of(micros, nanos)
 
 
-def _format_key(key: _Key) -> str:
-    """The RFC 3339 UTC time (microseconds) of a key, for ``since``; clamped to
-    years 1 to 9999 (earlier is safe: ``since`` only asks for more)."""
+def _key_of(micros: int, nanos: int = 0) -> _Key:
+    """The key of an instant given as microseconds since the epoch (and nanoseconds)."""
     from datetime import timedelta
 
-    micros = min(max(key[0], _time_key(datetime.min.replace(tzinfo=timezone.utc), "")[0]),
-                 _time_key(datetime.max.replace(tzinfo=timezone.utc), "")[0])
-    return _format_since(_EPOCH + timedelta(microseconds=micros))
+    try:
+        moment = _EPOCH + timedelta(microseconds=micros)
+    except OverflowError:
+        return _FIRST_KEY if micros < 0 else _LAST_KEY
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%06d%03dZ" % (
+        moment.year, moment.month, moment.day, moment.hour, moment.minute, moment.second, moment.microsecond, nanos
+    )
+
+
+def _micros_of(key: _Key) -> int:
+    """Microseconds since the epoch of a key (its nanoseconds aside)."""
+    moment = datetime(int(key[0:4]), int(key[5:7]), int(key[8:10]), int(key[11:13]), int(key[14:16]),
+                      int(key[17:19]), int(key[20:26]), tzinfo=timezone.utc)
+    delta = moment - _EPOCH
+    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _next_key(key: _Key) -> _Key:
+    """The key one nanosecond after ``key``."""
+    nanos = int(key[26:29]) + 1
+    if nanos < 1000:
+        return key[:26] + "%03d" % nanos + "Z"
+    return _key_of(_micros_of(key) + 1, 0)
 
 
 def _format_since(moment: datetime) -> str:
@@ -1590,6 +1595,7 @@ class FollowState:
         self.max_event_bytes = max_event_bytes
         self.reorder_window = reorder_window
         self._window_micros = int(reorder_window * 1_000_000)
+        self._starts: Dict[str, str] = {}  # the window's start for the second a key falls in
         self._random = random or random_module.random
         self.attempt = 0
         self.reconnects = 0
@@ -1768,6 +1774,10 @@ class FollowState:
             if not self._admit_untimed(sse.data):
                 return None
             return _client_error("client_malformed_event", exc.reason, exc.data)
+        kind = type(event)
+        if kind is LogEvent or kind is ErrorEvent:  # nearly every event: tested first
+            timed = cast(Union[LogEvent, ErrorEvent], event)
+            return event if self._admit_timed(timed.timestamp, timed.timestamp_raw, sse.data) else None
         if isinstance(event, HeartbeatEvent):
             if not self._state_on_connection and not self._probed_on_connection:
                 # The server is past its replay and has said nothing of the
@@ -1778,8 +1788,6 @@ class FollowState:
             self._state_on_connection = True
             self._probe_at = None
             return event if self._admit_state(event) else None
-        if isinstance(event, (LogEvent, ErrorEvent)):
-            return event if self._admit_timed(event.timestamp, event.timestamp_raw, sse.data) else None
         return event if self._admit_untimed(sse.data) else None
 
     def _admit_state(self, event: InvocationStateEvent) -> bool:
@@ -1797,8 +1805,8 @@ class FollowState:
         return True
 
     def _admit_timed(self, timestamp: datetime, raw: str, data: str) -> bool:
-        key = _time_key(timestamp, raw)
-        print_ = _identity(data)
+        key = raw if len(raw) == 30 and raw[29] == "Z" and raw[19] == "." and raw[10] == "T" else _time_key(timestamp, raw)
+        print_ = data if len(data) <= _SHORT_DATA else _DIGEST + _fingerprint(data)  # _identity, inlined
         if self._skip and self._is_copy(print_, key, data):
             return False
         if self._skip_before is not None and key < self._skip_before:
@@ -1861,12 +1869,14 @@ class FollowState:
         window[print_] = window.get(print_, 0) + 1
         order = self._window_order
         order.append((key, raw, print_))
+        if len(order) & 31:
+            return  # look for what to forget every 32 deliveries: memory stays bounded, the hot path light
         if latest is None or key > latest:
             latest = key
         # Forget, oldest first, what fell out of the window: a follow's memory
         # stays flat however long it runs (a late entry behind a newer one waits).
-        start = latest[0] - self._window_micros
-        while order[0][0][0] < start:
+        start = self._window_start(latest)
+        while order and order[0][0] < start:
             forgotten = order.popleft()[2]
             count = window[forgotten]
             if count > 1:
@@ -1885,18 +1895,15 @@ class FollowState:
 
     def _prune(self) -> None:
         """Forget deliveries older than the window, and the oldest past the limit."""
-        if self._latest is None:
-            start = None
-        else:
-            start = (self._latest[0] - int(self.reorder_window * 1_000_000), self._latest[1])
+        start = None if self._latest is None else self._window_start(self._latest)
         kept = [item for item in self._window_order if start is None or item[0] >= start]
         kept.sort(key=lambda item: item[0])
         if len(kept) > _WINDOW_LIMIT:
             dropped = kept[-_WINDOW_LIMIT - 1]
             # Nothing at or before the newest forgotten event is asked for again.
-            floor = (dropped[0][0] + 1, 0)
+            floor = _next_key(dropped[0])
             if self._floor is None or floor > self._floor:
-                self._floor, self._floor_raw = floor, _format_key(floor)
+                self._floor, self._floor_raw = floor, floor
             kept = kept[-_WINDOW_LIMIT:]
         self._window_order = collections.deque(kept)
         window: Dict[str, int] = {}
@@ -1911,14 +1918,28 @@ class FollowState:
         what was delivered), never earlier than the caller's ``since``."""
         if self._latest is None:
             return self._floor_raw or self._user_since
-        start = (self._latest[0] - int(self.reorder_window * 1_000_000), 0)
-        candidates = [(start, _format_key(start))]
+        start = self._window_start(self._latest)
+        candidates = [(start, start)]
         if self._floor is not None and self._floor_raw is not None:
             candidates.append((self._floor, self._floor_raw))
         user = self._user_since_time()
         if user is not None and self._user_since is not None:
             candidates.append((user, self._user_since))
         return max(candidates, key=lambda item: item[0])[1]
+
+    def _window_start(self, latest: _Key) -> _Key:
+        """The key ``reorder_window`` seconds before ``latest`` (computed once per second of it)."""
+        if latest == _OLDEST:
+            return _OLDEST
+        if self._window_micros % 1_000_000:
+            return _key_of(_micros_of(latest) - self._window_micros, int(latest[26:29]))
+        second = latest[:19]
+        start = self._starts.get(second)
+        if start is None:
+            if len(self._starts) > 64:
+                self._starts.clear()
+            start = self._starts[second] = _key_of(_micros_of(second + ".000000000Z") - self._window_micros)[:19]
+        return start + latest[19:]
 
     def _user_since_time(self) -> Optional[_Key]:
         """The caller's ``since``, when it is a time (a duration is the server's to read)."""

@@ -263,12 +263,14 @@ def run_follow(driver: str, emu: Emulator, invocation_id: str, **options: object
 def resume_since(delivered: Sequence[str]) -> Optional[str]:
     """The ``since`` a resume must carry: the reorder window before the
     newest log or error timestamp delivered (states do not move it), in UTC
-    with microseconds; None before any."""
+    with nanoseconds; None before any."""
     if not delivered:
         return None
-    newest = max(parse_timestamp(raw) for raw in delivered)
-    start = newest - timedelta(seconds=REORDER_WINDOW)
-    return start.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    newest_raw = max(delivered, key=lambda raw: (parse_timestamp(raw), raw))
+    start = (parse_timestamp(newest_raw) - timedelta(seconds=REORDER_WINDOW)).astimezone(timezone.utc)
+    dot = newest_raw.find(".")
+    nanos = (newest_raw[dot + 7:dot + 10] if dot >= 0 else "").rstrip("Z").ljust(3, "0")[:3]
+    return start.strftime("%Y-%m-%dT%H:%M:%S.%f") + nanos + "Z"
 
 
 def event_requests(emu: Emulator, invocation_id: str) -> List[RequestRecord]:
