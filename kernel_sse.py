@@ -2322,19 +2322,9 @@ class _Watchdog:
                 socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
-class Follower:
-    """Follows one invocation's event stream to its terminal state.
-
-    Iterate over it (or use :func:`follow`) to get typed events.  It
-    reconnects after drops, resumes with ``since`` and delivers each event
-    once (see :class:`FollowState` for the rules), treats ``idle_timeout``
-    seconds without a complete event as a drop, and stops after the
-    terminal ``invocation_state`` or raises :class:`DeadlineExceeded` at
-    ``deadline`` seconds, whatever the server does.  ``checkpoint`` tells
-    where it stands, for a later resume; ``attempt`` counts requests,
-    ``reconnects`` the drops recovered from, ``invocation`` is the last
-    state delivered.  :meth:`close` (from any thread) stops it at once.
-    """
+class _FollowerBase:
+    """What both drivers share: the settings, checked once, the follow state,
+    and the read-only view of where the follow stands."""
 
     def __init__(
         self,
@@ -2380,12 +2370,13 @@ class Follower:
         self.max_event_bytes = max_event_bytes
         self.on_retry = on_retry
         self._started = False
-        self._watchdog: Optional[_Watchdog] = None
-        self._connection: Optional[http.client.HTTPConnection] = None
-        self._response: Optional[http.client.HTTPResponse] = None
+        self._setup(ssl_context)
+
+    def _setup(self, ssl_context: Optional[ssl.SSLContext]) -> None:
+        """The driver's own attributes."""
 
     def __repr__(self) -> str:
-        return f"<Follower {self.invocation_id!r} at {self.base_url} attempt={self.attempt}>"
+        return f"<{type(self).__name__} {self.invocation_id!r} at {self.base_url} attempt={self.attempt}>"
 
     @property
     def attempt(self) -> int:
@@ -2413,11 +2404,33 @@ class Follower:
         return self.state.checkpoint
 
     def start_clock(self) -> None:
-        """Start the deadline now (the CLI does, before reading its files); iterating does otherwise."""
+        """Start the deadline now (the CLI does, before reading its files); iterating does otherwise.
+
+        Both drivers count on time.monotonic (asyncio's default loop clock)."""
         if not self._started:
             self._started = True
             if self.deadline is not None:
                 self.state.deadline_at = time.monotonic() + self.deadline
+
+
+class Follower(_FollowerBase):
+    """Follows one invocation's event stream to its terminal state.
+
+    Iterate over it (or use :func:`follow`) to get typed events.  It
+    reconnects after drops, resumes with ``since`` and delivers each event
+    once (see :class:`FollowState` for the rules), treats ``idle_timeout``
+    seconds without a complete event as a drop, and stops after the
+    terminal ``invocation_state`` or raises :class:`DeadlineExceeded` at
+    ``deadline`` seconds, whatever the server does.  ``checkpoint`` tells
+    where it stands, for a later resume; ``attempt`` counts requests,
+    ``reconnects`` the drops recovered from, ``invocation`` is the last
+    state delivered.  :meth:`close` (from any thread) stops it at once.
+    """
+
+    def _setup(self, ssl_context: Optional[ssl.SSLContext]) -> None:
+        self._watchdog: Optional[_Watchdog] = None
+        self._connection: Optional[http.client.HTTPConnection] = None
+        self._response: Optional[http.client.HTTPResponse] = None
 
     # -- the loop ------------------------------------------------------
 
@@ -2968,7 +2981,7 @@ class _Connector:
             raise _Ended(f"the API sent an invocation that is not valid: {exc}") from None
 
 
-class AsyncFollower:
+class AsyncFollower(_FollowerBase):
     """Follows one invocation's event stream to its terminal state, on asyncio.
 
     ``async for event in AsyncFollower(invocation_id, ...)`` (or
@@ -2990,92 +3003,11 @@ class AsyncFollower:
     (reading the system's CA certificates) in its constructor.
     """
 
-    def __init__(
-        self,
-        invocation_id: str,
-        *,
-        api_key: Optional[str] = None,
-        base_url: Optional[str] = None,
-        since: Optional[str] = None,
-        checkpoint: Optional[Checkpoint] = None,
-        idle_timeout: float = 90.0,
-        deadline: Optional[float] = None,
-        max_retries: int = 10,
-        project_id: Optional[str] = None,
-        allow_insecure_http: bool = False,
-        ssl_context: Optional[ssl.SSLContext] = None,
-        max_event_bytes: int = 16 * 1024 * 1024,
-        backoff_base: float = 0.5,
-        backoff_cap: float = 30.0,
-        retry_after_cap: Optional[float] = None,
-        on_retry: Optional[Callable[[int, float, str], None]] = None,
-    ) -> None:
-        if not invocation_id:
-            raise ConfigurationError("the invocation id is empty")
-        _check_text("invocation id", invocation_id)
-        self.invocation_id = invocation_id
-        self._endpoint = _Endpoint(api_key, base_url, project_id, allow_insecure_http, ssl_context)
+    def _setup(self, ssl_context: Optional[ssl.SSLContext]) -> None:
         self._connector = _Connector(self._endpoint, ssl_context)
-        self.base_url = self._endpoint.base_url
-        # The loop's clock is time.monotonic; the deadline starts with the iteration anyway.
-        self.state = FollowState(
-            now=time.monotonic(),
-            since=since,
-            checkpoint=checkpoint,
-            idle_timeout=idle_timeout,
-            deadline=deadline,
-            max_retries=max_retries,
-            backoff_base=backoff_base,
-            backoff_cap=backoff_cap,
-            retry_after_cap=retry_after_cap,
-            max_event_bytes=max_event_bytes,
-        )
-        self.idle_timeout = self.state.idle_timeout
-        self.deadline = deadline
-        self.max_retries = max_retries
-        self.max_event_bytes = max_event_bytes
-        self.on_retry = on_retry
-        self._started = False
         self._closed = False
         self._events: Optional[AsyncGenerator[KernelEvent, None]] = None
         self._writer: Optional[asyncio.StreamWriter] = None
-
-    def __repr__(self) -> str:
-        return f"<AsyncFollower {self.invocation_id!r} at {self.base_url} attempt={self.attempt}>"
-
-    @property
-    def attempt(self) -> int:
-        """Requests made for the stream so far."""
-        return self.state.attempt
-
-    @property
-    def reconnects(self) -> int:
-        """Drops recovered from so far."""
-        return self.state.reconnects
-
-    @property
-    def invocation(self) -> Optional[Invocation]:
-        """The invocation as last reported (None before the first state)."""
-        return self.state.invocation
-
-    @property
-    def finished(self) -> bool:
-        """True once the terminal state has been delivered."""
-        return self.state.finished
-
-    @property
-    def checkpoint(self) -> Checkpoint:
-        """Where the follow stands: resume from here with no loss and no repeats."""
-        return self.state.checkpoint
-
-    def start_clock(self) -> None:
-        """Start the deadline now (in the event loop); iterating does otherwise."""
-        import asyncio
-
-        if not self._started:
-            self._started = True
-            if self.deadline is not None:
-                self.state.deadline_at = asyncio.get_running_loop().time() + self.deadline
 
     # -- the async iterator ----------------------------------------------
 
