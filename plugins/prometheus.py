@@ -26,9 +26,9 @@ Metrics, each labelled ``app``, ``action`` and ``invocation_id`` (``app`` and
   alert when it grows stale;
 - ``kernel_sse_exit_code``: the command's exit status.
 
-Label values are escaped as the text format wants (``\\``, ``\"``, ``\n``);
+Label values are escaped as the text format wants (``\\\\``, ``\\"``, ``\\n``);
 other control characters and lone surrogates, which the format cannot carry
-safely, appear as the visible text ``\x1b`` / ``\ud800`` (backslash escaped),
+safely, appear as the visible text ``\\x1b`` / ``\\ud800`` (backslash escaped),
 so the file is always valid UTF-8 that node_exporter parses.
 
 Options:

@@ -303,3 +303,19 @@ def test_demo_in_process(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out.splitlines()
     assert json.loads(out[-1])["event"] == "invocation_state"
     assert json.loads(out[-1])["invocation"]["status"] == "succeeded"
+
+
+def test_docstrings_of_shipped_code_are_valid_utf8() -> None:
+    """Python 3.13 compiles docstrings to UTF-8: a lone surrogate escape in one
+    (``\\ud800`` written unescaped) stops the module from importing there."""
+    import ast
+
+    root = Path(__file__).resolve().parent.parent
+    files = [root / "kernel_sse.py", root / "kernel_sse_emulator.py", *sorted((root / "plugins").glob("*.py"))]
+    for path in files:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in [tree, *ast.walk(tree)]:
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                docstring = ast.get_docstring(node, clean=False)
+                if docstring is not None:
+                    docstring.encode("utf-8")  # raises for a lone surrogate
