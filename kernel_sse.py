@@ -2403,14 +2403,15 @@ class _FollowerBase:
         """Where the follow stands: resume from here with no loss and no repeats."""
         return self.state.checkpoint
 
-    def start_clock(self) -> None:
-        """Start the deadline now (the CLI does, before reading its files); iterating does otherwise.
+    def start_clock(self, at: Optional[float] = None) -> None:
+        """Count the deadline from monotonic time ``at`` (default: now; the
+        command line counts from its start); iterating starts it otherwise.
 
         Both drivers count on time.monotonic (asyncio's default loop clock)."""
         if not self._started:
             self._started = True
             if self.deadline is not None:
-                self.state.deadline_at = time.monotonic() + self.deadline
+                self.state.deadline_at = (time.monotonic() if at is None else at) + self.deadline
 
 
 class Follower(_FollowerBase):
@@ -5233,10 +5234,11 @@ def _follow_to_the_end(
         since=since,
         checkpoint=checkpoint,
         idle_timeout=args.idle_timeout,
-        deadline=run.deadline_left(),
+        deadline=args.deadline,
         max_retries=args.max_retries,
         allow_insecure_http=bool(getattr(args, "allow_insecure_http", False)),
     )
+    follower.start_clock(run.started)
     return _drive(run, follower, hooks, state)
 
 
@@ -5577,9 +5579,10 @@ class _Many:
                 return
             follower = AsyncFollower(
                 invocation_id, api_key=self.api_key, base_url=args.base_url, since=since, checkpoint=checkpoint,
-                idle_timeout=args.idle_timeout, deadline=self.run.deadline_left(), max_retries=args.max_retries,
+                idle_timeout=args.idle_timeout, deadline=args.deadline, max_retries=args.max_retries,
                 allow_insecure_http=bool(args.allow_insecure_http),
             )
+            follower.start_clock(self.run.started)
             context = FollowContext(follower, vars(args))
             follower.on_retry = lambda attempt, delay, reason: self.hooks.on_reconnect(attempt, delay, reason, context)
             save = None if state is None else state.save
