@@ -4548,9 +4548,16 @@ _FINISH_GRACE = 0.8  # seconds the plugins' on_finish may take once the deadline
 def _on_signal(signum: int, frame: object) -> None:
     import signal
 
+    # Unwinding from wherever the signal landed can leave objects half built
+    # (an http.client response mid-read); their cleanup complaints are noise now.
+    sys.unraisablehook = _quiet_unraisable
     if signum == getattr(signal, "SIGHUP", None):
         raise _Signalled(EXIT_SIGHUP, "SIGHUP")
     raise _Signalled(EXIT_SIGTERM, "SIGTERM")
+
+
+def _quiet_unraisable(unraisable: Any) -> None:
+    """Ignore errors raised while collecting objects after the run was interrupted."""
 
 
 class _HookTimer:
@@ -5541,6 +5548,7 @@ class _Many:
         if hasattr(signal, "SIGHUP"):
             names[signal.SIGHUP] = (EXIT_SIGHUP, "SIGHUP")
         self.signal = names.get(signum, (EXIT_SIGTERM, "SIGTERM"))
+        sys.unraisablehook = _quiet_unraisable  # see _on_signal
         raise _Signalled(*self.signal)
 
     def run_all(self, main: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -5734,6 +5742,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # From the start: a SIGTERM or SIGHUP while plugins load is an exit status too, not death by the signal.
     handled = [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
     previous = {signum: signal.signal(signum, _on_signal) for signum in handled}
+    unraisable = sys.unraisablehook
     args: Optional[argparse.Namespace] = None
     try:
         plugins = _load_plugins(argv)
@@ -5796,6 +5805,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        sys.unraisablehook = unraisable
 
 
 if __name__ == "__main__":

@@ -301,12 +301,13 @@ def test_invoke_unknown_action_subprocess_exit_3(cli: Cli) -> None:
 
 
 @pytest.mark.parametrize("inprocess", [True, False], ids=["in-process", "subprocess"])
-@pytest.mark.parametrize("text, position", [("{", "line 1 column 2"), ('{"a": 1,}', "line 1 column 9"),
-                                            ("[1, 2]\nx", "line 2 column 1")])
+@pytest.mark.parametrize("text, position", [("{", r"line 1 column 2\b"), ('{"a": 1,}', r"line 1 column [89]\b"),
+                                            ("[1, 2]\nx", r"line 2 column 1\b")])
 def test_invoke_bad_payload_exit_2_before_any_request(cli: Cli, inprocess: bool, text: str, position: str) -> None:
+    # The position is the json module's: Python 3.13 points at the trailing comma, earlier ones after it.
     run = cli.invoke("--payload", text, inprocess=inprocess)
     assert run.code == 2, run.err
-    assert "--payload is not valid JSON" in run.err and position in run.err, run.err
+    assert "--payload is not valid JSON" in run.err and re.search(position, run.err), run.err
     assert cli.emulator.requests == []
 
 
