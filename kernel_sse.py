@@ -3276,6 +3276,7 @@ class _Api:
         return None if self.until is None else self.until - time.monotonic()
 
     def out_of_time(self, doing: str) -> DeadlineExceeded:
+        """The error for a deadline that passed while ``doing`` something."""
         return DeadlineExceeded(f"the deadline of {self.deadline:g}s passed while {doing}",
                                 fix="raise {deadline}")
 
@@ -3288,6 +3289,7 @@ class _Api:
         time.sleep(seconds)
 
     def path(self, *parts: str, query: Optional[Mapping[str, object]] = None) -> str:
+        """A request target: the base path, the quoted ``parts``, the query without None values."""
         import urllib.parse
 
         path = self.endpoint.path_prefix + "/" + "/".join(urllib.parse.quote(part, safe="") for part in parts)
@@ -5198,6 +5200,7 @@ class _Run:
         return max(0.001, float(self.args.deadline) - (time.monotonic() - self.started))
 
     def deadline_at(self) -> Optional[float]:
+        """The monotonic time --deadline ends at, or None."""
         return None if self.args.deadline is None else self.started + float(self.args.deadline)
 
     def message(self, error: BaseException) -> str:
@@ -5539,9 +5542,11 @@ class _Many:
                              "(one state file each); create it")
 
     def interrupted(self) -> Tuple[int, str]:
+        """The exit status and name of the signal that stopped the run (SIGINT if none was seen)."""
         return self.signal or (EXIT_SIGINT, "SIGINT")
 
     def on_signal(self, signum: int, frame: object) -> None:
+        """The handler for SIGINT, SIGTERM and SIGHUP while several follows run."""
         import signal
 
         names: Dict[int, Tuple[int, str]] = {signal.SIGINT: (EXIT_SIGINT, "SIGINT")}
