@@ -380,16 +380,22 @@ class SSEParser:
         # broken UTF-8 sequence), and decoding each event's data once is far
         # cheaper than decoding every line.  A block (the lines up to a blank
         # line) is parsed once, when its blank line arrives; until then its
-        # bytes are held as they came.
-        self._bom_pending = b""  # first bytes, until we know if they are a BOM
+        # bytes are held as they came, after a blank line put in front:
+        # ``_held[0]`` is always b"\n\n", so the held bytes end with a line
+        # end exactly when ``_held[-1]`` does (the held block is empty, or
+        # at a line start), and the block that completes follows "\n\n".
+        self._held: List[bytes] = [b"\n\n"]
+        self._room = max_event_bytes  # how much more the held block may hold
+        # Set while a chunk needs work before the plain path can take it:
+        # a BOM may still come, a CR ended the last chunk, or an oversized
+        # event is being skipped.  A chunk with a CR in it also takes that
+        # work.  Clear, ``feed`` touches none of these.
+        self._prepare_next = True
         self._at_start = True
+        self._bom_pending = b""  # first bytes, until we know if they are a BOM
         self._last_was_cr = False
-        self._lines: List[bytes] = []  # complete lines of the unfinished block
-        self._tail: List[bytes] = []  # pieces of its unfinished line
-        self._room = max_event_bytes  # how much more the unfinished block may hold
         self._discarding = False  # skipping an oversized event to its blank line
         self._skipped_lf = False  # ... and the last byte skipped was a line end
-        self._overflows: List[int] = []  # where skipped events stood, this feed
 
     def feed(self, data: bytes) -> List[ServerSentEvent]:
         """Parse ``data`` and return the events it completes, in order.
@@ -397,88 +403,69 @@ class SSEParser:
         Raises :class:`EventTooLarge` (with the completed events on it) when
         an event outgrows ``max_event_bytes``.
         """
-        if self._at_start or self._last_was_cr:
-            data = self._chunk_start(data)
-        if _CR in data:
-            # A CR ending this chunk pairs with an LF starting the next one.
-            self._last_was_cr = data[-1] == _CR
-            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        if self._discarding and data:
-            data = self._skip(data)
-        if _LF not in data:
-            if data:  # more of the unfinished line
-                self._tail.append(data)
+        if self._prepare_next or _CR in data:
+            data = self._prepare(data)  # now LF-only, BOM and skipped bytes gone
+        held = self._held
+        end = data.rfind(b"\n\n")
+        if end < 0 and (data[:1] != b"\n" or held[-1][-1:] != b"\n"):
+            # No blank line: the held block goes on.  The usual case of a
+            # small chunk in a big event, and of every chunk of a long line.
+            if data:
+                held.append(data)
                 self._room -= len(data)
                 if self._room < 0:
-                    self._overflow(0)
-            return self._result([]) if self._overflows else []
+                    self._overflow()
+                    raise EventTooLarge(self.max_event_bytes, [], [0])
+                if _LF in data:
+                    self._held_lines_done(held)
+            return []
+        # One or more blocks end here.
+        held.append(data)
+        text = b"".join(held)
+        # Where the last blank line's "\n\n" starts in ``text``; end == -1
+        # (a blank line at data[0]) counts the LF held before it.
+        end += len(text) - len(data)
+        rest = text[end + 2:]  # the new held block: a start of block
+        self._held = [b"\n\n", rest]
+        if _LF in rest and b"retry" in rest:
+            self._apply_retry(rest[:rest.rfind(b"\n") + 1])
+        if len(text) >= self.max_event_bytes:
+            return self._dispatch_checked(text, end, rest)
+        # No block in ``text`` can be over the limit: no checks.
+        self._room = self.max_event_bytes - len(rest)
         events: List[ServerSentEvent] = []
-        tail = self._tail
-        end = data.rfind(b"\n\n")
-        if end < 0 and (tail or data[0] != _LF):
-            # No blank line: the held block goes on.
-            self._room -= len(data)
-            if tail:  # its unfinished line ends here: hold it whole
-                tail.append(data)
-                data = b"".join(tail)
-                self._tail = []
-        else:
-            # One or more blocks end here.  With a blank line put in front,
-            # every block that starts with a data line follows "\n\ndata: ".
-            text = b"".join([b"\n\n", *self._lines, *tail, data])
-            self._lines = []
-            self._tail = []
-            # Where the last blank line's "\n\n" starts in ``text``; end == -1
-            # (a blank line at data[0]) counts the LF held before it.
-            end += len(text) - len(data)
-            data = text[end + 2:]  # the new unfinished block
-            self._room = self.max_event_bytes - len(data)
-            if len(text) >= self.max_event_bytes:
-                self._parse_checked(text[:end].split(b"\n\n"), events)
-            else:  # no block in ``text`` can be over the limit: no checks
-                # Every piece after the first is a block whose leading
-                # "data: " the split cut off, maybe followed by more blocks.
-                pieces = text[:end].split(b"\n\ndata: ")
-                if pieces[0]:  # blocks before the first that starts with "data: "
-                    blocks = pieces[0].split(b"\n\n")
-                    del blocks[0]  # the empty one before the blank line put in front
-                    self._parse_blocks(blocks, events)
-                del pieces[0]
-                append = events.append
-                id_buffer = self.last_event_id  # only _parse_blocks changes it
-                for piece in pieces:
-                    if _LF in piece:  # more lines than the data line
-                        self._parse_blocks((b"data: " + piece).split(b"\n\n"), events)
-                        id_buffer = self.last_event_id
-                    else:
-                        # The hot path of the module (all the Kernel API
-                        # sends).  A piece without LF is a whole block: a
-                        # blank line and "data: " before it, a blank line
-                        # after it (the next "\n\ndata: " or the end of
-                        # ``text``).  So it is one data line's value, and its
-                        # event has the default type and no retry.
-                        append(
-                            _new_event(
-                                ServerSentEvent,
-                                ("message", piece.decode("utf-8", "replace"), id_buffer, None),
-                            )
-                        )
-        # ``data`` starts at a line start of the unfinished block.
-        end = data.rfind(b"\n") + 1
-        if end:
-            lines = data[:end]
-            self._lines.append(lines)
-            if lines[:5] == b"retry" or lines.find(b"\nretry") >= 0:
-                self._apply_retry(lines)
-            data = data[end:]
-        if data:
-            self._tail.append(data)
-        if self._room < 0:
-            self._overflow(len(events))
-        return self._result(events) if self._overflows else events
+        # Every piece after the first is a block whose leading "data: " the
+        # split cut off, maybe followed by more blocks.
+        pieces = text[:end].split(b"\n\ndata: ")
+        if pieces[0]:  # blocks before the first that starts with "data: "
+            self._parse_blocks(pieces[0].split(b"\n\n"), events)
+        del pieces[0]
+        append = events.append
+        id_buffer = self.last_event_id  # only _parse_blocks changes it
+        for piece in pieces:
+            if _LF in piece:  # more lines than the data line
+                self._parse_blocks((b"data: " + piece).split(b"\n\n"), events)
+                id_buffer = self.last_event_id
+            else:
+                # The hot path of the module (all the Kernel API sends).  A
+                # piece without LF is a whole block: a blank line and "data: "
+                # before it, a blank line after it (the next "\n\ndata: " or
+                # the end of the region).  So it is one data line's value,
+                # and its event has the default type and no retry.
+                append(
+                    _new_event(
+                        ServerSentEvent,
+                        ("message", piece.decode("utf-8", "replace"), id_buffer, None),
+                    )
+                )
+        return events
 
     def _parse_blocks(self, blocks: List[bytes], events: List[ServerSentEvent]) -> None:
-        """Dispatch each of ``blocks``, complete blocks in stream order."""
+        """Dispatch each of ``blocks``, complete blocks in stream order.
+
+        An empty block (as from the blank line put in front) dispatches
+        nothing, like any block without a data line.
+        """
         append = events.append
         id_buffer = self.last_event_id
         for block in blocks:
@@ -519,18 +506,53 @@ class SSEParser:
                 )
         self.last_event_id = id_buffer
 
-    def _parse_checked(self, blocks: List[bytes], events: List[ServerSentEvent]) -> None:
-        """Dispatch ``blocks`` like ``_parse_blocks``, skipping any over the limit."""
+    def _dispatch_checked(self, text: bytes, end: int, rest: bytes) -> List[ServerSentEvent]:
+        """``feed``'s dispatch when ``text`` may hold blocks over the limit.
+
+        ``text[:end]`` holds the completed blocks (after the blank line put
+        in front), ``rest`` the new held block.  Every block over the limit
+        is skipped, and so is ``rest`` if it already is.
+        """
+        limit = self.max_event_bytes
+        events: List[ServerSentEvent] = []
+        positions: List[int] = []
+        blocks = text[:end].split(b"\n\n")
         start = 0
         for index, block in enumerate(blocks):
-            if len(block) >= self.max_event_bytes:  # with its last line end, over
+            if len(block) >= limit:  # with its last line end, over
                 self._parse_blocks(blocks[start:index], events)
-                self._overflows.append(len(events))
+                positions.append(len(events))
                 start = index + 1
         self._parse_blocks(blocks[start:], events)
+        self._room = limit - len(rest)
+        if self._room < 0:
+            self._overflow()
+            positions.append(len(events))
+        if positions:
+            raise EventTooLarge(limit, events, positions)
+        return events
+
+    def _held_lines_done(self, held: List[bytes]) -> None:
+        """Put in force the ``retry`` fields of the held lines that ``held[-1]`` ends.
+
+        The lines run from the start of the held block's unfinished line
+        (after the last LF before ``held[-1]``) to the last LF of ``held[-1]``.
+        Each piece is joined here at most twice, so this stays linear.
+        """
+        index = len(held) - 2
+        if held[index][-1:] == b"\n":  # every completed line is in held[-1]
+            if b"retry" in held[-1]:
+                self._apply_retry(held[-1][:held[-1].rfind(b"\n") + 1])
+            return
+        while _LF not in held[index]:  # held[0] is b"\n\n": this stops
+            index -= 1
+        lines = b"".join(held[index:])
+        lines = lines[lines.rfind(b"\n", 0, len(held[index])) + 1:lines.rfind(b"\n") + 1]
+        if b"retry" in lines:
+            self._apply_retry(lines)
 
     def _apply_retry(self, lines: bytes) -> None:
-        """Put the ``retry`` fields of an unfinished block's ``lines`` in force.
+        """Put the ``retry`` fields of a held block's complete ``lines`` in force.
 
         The standard applies a field when its line ends, but only ``retry``
         is visible before the block's blank line.  Parsing the lines as a
@@ -542,9 +564,13 @@ class SSEParser:
         self._parse_blocks([lines], [])
         self.last_event_id = last_event_id
 
-    def _chunk_start(self, data: bytes) -> bytes:
-        """Drop one UTF-8 BOM at stream start (even split across chunks) and
-        the LF of a CRLF whose CR ended the previous chunk."""
+    def _prepare(self, data: bytes) -> bytes:
+        """Turn ``data`` into what the plain path of ``feed`` takes.
+
+        Drops one UTF-8 BOM at stream start (even split across chunks) and
+        the LF of a CRLF whose CR ended the previous chunk; makes every line
+        end an LF; skips what is left of an oversized event.
+        """
         if self._at_start:
             head = self._bom_pending + data
             if len(head) < len(_BOM) and _BOM.startswith(head):
@@ -552,11 +578,18 @@ class SSEParser:
                 return b""
             self._at_start = False
             self._bom_pending = b""
-            return head[len(_BOM):] if head.startswith(_BOM) else head
-        if data:
+            data = head[len(_BOM):] if head.startswith(_BOM) else head
+        elif self._last_was_cr and data:
             self._last_was_cr = False
             if data[0] == _LF:
-                return data[1:]
+                data = data[1:]
+        if _CR in data:
+            # A CR ending this chunk pairs with an LF starting the next one.
+            self._last_was_cr = data[-1] == _CR
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        if self._discarding and data:
+            data = self._skip(data)
+        self._prepare_next = self._last_was_cr or self._discarding
         return data
 
     def _skip(self, data: bytes) -> bytes:
@@ -571,20 +604,12 @@ class SSEParser:
         self._discarding = False
         return data[end:]
 
-    def _overflow(self, position: int) -> None:
-        """Drop the unfinished block: it outgrew the limit."""
-        self._overflows.append(position)
-        self._discarding = True
-        self._skipped_lf = not self._tail
-        self._lines = []
-        self._tail = []
+    def _overflow(self) -> None:
+        """Drop the held block: it outgrew the limit."""
+        self._discarding = self._prepare_next = True
+        self._skipped_lf = self._held[-1][-1:] == b"\n"
+        self._held = [b"\n\n"]
         self._room = self.max_event_bytes
-
-    def _result(self, events: List[ServerSentEvent]) -> List[ServerSentEvent]:
-        """Raise EventTooLarge carrying ``events``."""
-        positions = self._overflows
-        self._overflows = []
-        raise EventTooLarge(self.max_event_bytes, events, positions)
 
 
 # Building the tuple directly skips NamedTuple's Python-level __new__: the
