@@ -406,19 +406,24 @@ class SSEParser:
         if self._prepare_next or _CR in data:
             data = self._prepare(data)  # now LF-only, BOM and skipped bytes gone
         held = self._held
-        end = data.rfind(b"\n\n")
-        if end < 0 and (data[:1] != b"\n" or held[-1][-1:] != b"\n"):
-            # No blank line: the held block goes on.  The usual case of a
-            # small chunk in a big event, and of every chunk of a long line.
-            if data:
-                held.append(data)
-                self._room -= len(data)
-                if self._room < 0:
-                    self._overflow()
-                    raise EventTooLarge(self.max_event_bytes, [], [0])
-                if _LF in data:
-                    self._held_lines_done(held)
-            return []
+        end = data.rfind(b"\n")
+        if end > 0 and data[end - 1] == _LF:
+            end -= 1  # the usual chunk: its last LF ends a blank line
+        else:
+            end = data.rfind(b"\n\n", 0, end) if end > 0 else -1
+            if end < 0 and (data[:1] != b"\n" or held[-1][-1:] != b"\n"):
+                # No blank line: the held block goes on.  The usual case of
+                # a small chunk in a big event, and of every chunk of a long
+                # line.
+                if data:
+                    held.append(data)
+                    self._room -= len(data)
+                    if self._room < 0:
+                        self._overflow()
+                        raise EventTooLarge(self.max_event_bytes, [], [0])
+                    if _LF in data:
+                        self._held_lines_done(held)
+                return []
         # One or more blocks end here.
         held.append(data)
         text = b"".join(held)
@@ -434,17 +439,26 @@ class SSEParser:
         # No block in ``text`` can be over the limit: no checks.
         self._room = self.max_event_bytes - len(rest)
         events: List[ServerSentEvent] = []
+        # The completed blocks, decoded at once: they start and end at line
+        # ends, which are ASCII, and the decoder never takes an ASCII byte
+        # into a broken sequence, so this is what decoding each value alone
+        # gives.  ``region`` starts with the blank line put in front.
+        region = text[:end].decode("utf-8", "replace")
+        if text[2:8] != b"data: ":  # blocks with other fields first: per line
+            self._parse_lines(region.split("\n"), events)
+            return events
         # Every piece after the first is a block whose leading "data: " the
-        # split cut off, maybe followed by more blocks.
-        pieces = text[:end].split(b"\n\ndata: ")
-        if pieces[0]:  # blocks before the first that starts with "data: "
-            self._parse_blocks(pieces[0].split(b"\n\n"), events)
+        # split cut off, maybe followed by more blocks.  The first is empty.
+        pieces = region.split("\n\ndata: ")
         del pieces[0]
         append = events.append
-        id_buffer = self.last_event_id  # only _parse_blocks changes it
+        id_buffer = self.last_event_id  # only _parse_lines changes it
         for piece in pieces:
-            if _LF in piece:  # more lines than the data line
-                self._parse_blocks((b"data: " + piece).split(b"\n\n"), events)
+            if "\n" in piece:  # more lines than the data line
+                lines = piece.split("\n")
+                data = lines[0]
+                del lines[0]
+                self._parse_lines(lines, events, data)
                 id_buffer = self.last_event_id
             else:
                 # The hot path of the module (all the Kernel API sends).  A
@@ -452,58 +466,71 @@ class SSEParser:
                 # before it, a blank line after it (the next "\n\ndata: " or
                 # the end of the region).  So it is one data line's value,
                 # and its event has the default type and no retry.
-                append(
-                    _new_event(
-                        ServerSentEvent,
-                        ("message", piece.decode("utf-8", "replace"), id_buffer, None),
-                    )
-                )
+                append(_new_event(ServerSentEvent, ("message", piece, id_buffer, None)))
         return events
 
-    def _parse_blocks(self, blocks: List[bytes], events: List[ServerSentEvent]) -> None:
-        """Dispatch each of ``blocks``, complete blocks in stream order.
+    def _parse_lines(
+        self, lines: List[str], events: List[ServerSentEvent], data: Optional[str] = None
+    ) -> None:
+        """Dispatch the blocks of ``lines``, complete blocks in stream order.
 
-        An empty block (as from the blank line put in front) dispatches
-        nothing, like any block without a data line.
+        An empty line ends a block, and so does the end of ``lines``.
+        ``data`` is the value of a data line the first block has before
+        ``lines``.
         """
         append = events.append
         id_buffer = self.last_event_id
-        for block in blocks:
-            data_lines: List[bytes] = []
-            event_type = "message"
-            block_retry: Optional[int] = None
-            for line in block.split(b"\n"):
-                name, space, value = line.partition(b": ")
-                if not space or _COLON in name:
-                    # No space after the first colon (or no colon): the
-                    # value starts right after the first colon.
-                    name, _, value = line.partition(b":")
-                if name == b"data":
-                    data_lines.append(value)
-                elif name == b"id":
-                    if _NUL not in value:
-                        id_buffer = value.decode("utf-8", "replace")
-                elif name == b"event":
-                    event_type = value.decode("utf-8", "replace") or "message"
-                elif name == b"retry" and value.isdigit():  # ASCII digits only
-                    try:
-                        block_retry = self.retry = int(value)
-                    except ValueError:
-                        pass  # more digits than Python converts (4300): ignored
-                # Anything else (a comment, an unknown field, the empty line
-                # a third LF in a row leaves) is ignored.
-            if data_lines:  # no data, no event
-                append(
-                    _new_event(
-                        ServerSentEvent,
-                        (
-                            event_type,
-                            b"\n".join(data_lines).decode("utf-8", "replace"),
-                            id_buffer,
-                            block_retry,
-                        ),
-                    )
-                )
+        event_type = "message"
+        block_retry: Optional[int] = None
+        more: List[str] = []  # the data values after the block's first
+        for line in lines:
+            # The usual spellings first, without splitting the line.
+            if line[:6] == "data: ":
+                if data is None:
+                    data = line[6:]
+                else:
+                    more.append(line[6:])
+                continue
+            if not line:  # a blank line: dispatch
+                if data is not None:
+                    if more:
+                        data = "\n".join([data, *more])
+                        more = []
+                    append(_new_event(ServerSentEvent, (event_type, data, id_buffer, block_retry)))
+                    data = None
+                event_type = "message"
+                block_retry = None
+                continue
+            if line[:4] == "id: ":
+                name = "id"
+                value = line[4:]
+            elif line[:7] == "event: ":
+                name = "event"
+                value = line[7:]
+            else:
+                name, _, value = line.partition(":")
+                if value[:1] == " ":
+                    value = value[1:]  # one leading space is not part of the value
+            if name == "data":
+                if data is None:
+                    data = value
+                else:
+                    more.append(value)
+            elif name == "id":
+                if "\0" not in value:
+                    id_buffer = value
+            elif name == "event":
+                event_type = value or "message"
+            elif name == "retry" and value.isascii() and value.isdigit():
+                try:
+                    block_retry = self.retry = int(value)
+                except ValueError:
+                    pass  # more digits than Python converts (4300): ignored
+            # Anything else (a comment, an unknown field) is ignored.
+        if data is not None:  # the end of the last block
+            if more:
+                data = "\n".join([data, *more])
+            append(_new_event(ServerSentEvent, (event_type, data, id_buffer, block_retry)))
         self.last_event_id = id_buffer
 
     def _dispatch_checked(self, text: bytes, end: int, rest: bytes) -> List[ServerSentEvent]:
@@ -520,10 +547,10 @@ class SSEParser:
         start = 0
         for index, block in enumerate(blocks):
             if len(block) >= limit:  # with its last line end, over
-                self._parse_blocks(blocks[start:index], events)
+                self._parse_lines(_lines_of(blocks[start:index]), events)
                 positions.append(len(events))
                 start = index + 1
-        self._parse_blocks(blocks[start:], events)
+        self._parse_lines(_lines_of(blocks[start:]), events)
         self._room = limit - len(rest)
         if self._room < 0:
             self._overflow()
@@ -561,7 +588,7 @@ class SSEParser:
         the same ``retry`` again: setting it twice changes nothing.
         """
         last_event_id = self.last_event_id
-        self._parse_blocks([lines], [])
+        self._parse_lines(_lines_of([lines]), [])
         self.last_event_id = last_event_id
 
     def _prepare(self, data: bytes) -> bytes:
@@ -610,6 +637,11 @@ class SSEParser:
         self._skipped_lf = self._held[-1][-1:] == b"\n"
         self._held = [b"\n\n"]
         self._room = self.max_event_bytes
+
+
+def _lines_of(blocks: List[bytes]) -> List[str]:
+    """The lines of complete ``blocks``, decoded, with an empty line between blocks."""
+    return b"\n\n".join(blocks).decode("utf-8", "replace").split("\n")
 
 
 # Building the tuple directly skips NamedTuple's Python-level __new__: the
