@@ -375,17 +375,15 @@ class SSEParser:
         self.max_event_bytes = max_event_bytes
         self.last_event_id = ""
         self.retry: Optional[int] = None
-        # The stream is handled as bytes: every framing character is ASCII,
-        # so splitting before decoding is exact (a line end also ends any
-        # broken UTF-8 sequence), and decoding each event's data once is far
-        # cheaper than decoding every line.  A block (the lines up to a blank
-        # line) is parsed once, when its blank line arrives; until then its
-        # bytes are held as they came, after a blank line put in front:
-        # ``_held[0]`` is always b"\n\n", so the held bytes end with a line
-        # end exactly when ``_held[-1]`` does (the held block is empty, or
-        # at a line start), and the block that completes follows "\n\n".
-        self._held: List[bytes] = [b"\n\n"]
-        self._room = max_event_bytes  # how much more the held block may hold
+        # The stream is split as bytes (every framing character is ASCII),
+        # and a block (the lines up to a blank line) is parsed once, when
+        # its blank line arrives; until then its bytes are held as they
+        # came: ``_held`` is what followed the last blank line in the chunk
+        # that had it, ``_more`` the chunks since, none of which had a blank
+        # line (usually none: most chunks end a block).
+        self._held = b""
+        self._more: List[bytes] = []
+        self._room = 0  # while ``_more`` holds chunks: how much more may come
         # Set while a chunk needs work before the plain path can take it:
         # a BOM may still come, a CR ended the last chunk, or an oversized
         # event is being skipped.  A chunk with a CR in it also takes that
@@ -405,60 +403,65 @@ class SSEParser:
         """
         if self._prepare_next or _CR in data:
             data = self._prepare(data)  # now LF-only, BOM and skipped bytes gone
-        held = self._held
         end = data.rfind(b"\n")
         if end > 0 and data[end - 1] == _LF:
             end -= 1  # the usual chunk: its last LF ends a blank line
         else:
+            lines_end = end >= 0
             end = data.rfind(b"\n\n", 0, end) if end > 0 else -1
-            if end < 0 and (data[:1] != b"\n" or held[-1][-1:] != b"\n"):
-                # No blank line: the held block goes on.  The usual case of
-                # a small chunk in a big event, and of every chunk of a long
-                # line.
-                if data:
-                    held.append(data)
-                    self._room -= len(data)
-                    if self._room < 0:
-                        self._overflow()
-                        raise EventTooLarge(self.max_event_bytes, [], [0])
-                    if _LF in data:
-                        self._held_lines_done(held)
+            # A blank line at data[0] needs the held bytes to end with a
+            # line end (if none are held, the LF is an empty first line).
+            if end < 0 and (data[:1] != b"\n" or (self._more or [self._held])[-1][-1:] != b"\n"):
+                # No blank line: the held block goes on.  Every chunk of a
+                # long line, and a small chunk of a big event.
+                if not data:  # held pieces are never empty
+                    return []
+                more = self._more
+                if not more:
+                    self._room = self.max_event_bytes - len(self._held)
+                more.append(data)
+                self._room -= len(data)
+                if self._room < 0:
+                    self._overflow()
+                    raise EventTooLarge(self.max_event_bytes, [], [0])
+                if lines_end:
+                    self._held_lines_done(more)
                 return []
         # One or more blocks end here.
-        held.append(data)
-        text = b"".join(held)
+        more = self._more
+        if more:
+            text = b"".join([self._held, *more, data])
+            self._more = []
+        else:
+            text = self._held + data
         # Where the last blank line's "\n\n" starts in ``text``; end == -1
         # (a blank line at data[0]) counts the LF held before it.
         end += len(text) - len(data)
-        rest = text[end + 2:]  # the new held block: a start of block
-        self._held = [b"\n\n", rest]
-        if _LF in rest and b"retry" in rest:
-            self._apply_retry(rest[:rest.rfind(b"\n") + 1])
+        self._held = held = text[end + 2:]
+        if _LF in held and b"retry" in held:  # a complete retry line held?
+            self._apply_retry(held[:held.rfind(b"\n") + 1])
         if len(text) >= self.max_event_bytes:
-            return self._dispatch_checked(text, end, rest)
-        # No block in ``text`` can be over the limit: no checks.
-        self._room = self.max_event_bytes - len(rest)
-        events: List[ServerSentEvent] = []
-        # The completed blocks, decoded at once: they start and end at line
+            return self._dispatch_checked(text, end)
+        # No block in ``text`` can be over the limit: no checks.  The
+        # completed blocks are decoded at once: they start and end at line
         # ends, which are ASCII, and the decoder never takes an ASCII byte
         # into a broken sequence, so this is what decoding each value alone
-        # gives.  ``region`` starts with the blank line put in front.
-        region = text[:end].decode("utf-8", "replace")
-        if text[2:8] != b"data: ":  # blocks with other fields first: per line
-            self._parse_lines(region.split("\n"), events)
+        # gives.
+        events: List[ServerSentEvent] = []
+        if text[:6] != b"data: ":  # blocks with other fields first: per line
+            self._parse_lines(text[:end].decode("utf-8", "replace").split("\n"), events)
             return events
-        # Every piece after the first is a block whose leading "data: " the
-        # split cut off, maybe followed by more blocks.  The first is empty.
-        pieces = region.split("\n\ndata: ")
-        del pieces[0]
-        append = events.append
+        # Each piece is a block whose leading "data: " the split cut off
+        # (the first one's, the slice), maybe followed by more blocks.
+        pieces = text[6:end].decode("utf-8", "replace").split("\n\ndata: ")
         id_buffer = self.last_event_id  # only _parse_lines changes it
+        append = events.append
         for piece in pieces:
             if "\n" in piece:  # more lines than the data line
                 lines = piece.split("\n")
-                data = lines[0]
+                data_value = lines[0]
                 del lines[0]
-                self._parse_lines(lines, events, data)
+                self._parse_lines(lines, events, data_value)
                 id_buffer = self.last_event_id
             else:
                 # The hot path of the module (all the Kernel API sends).  A
@@ -533,12 +536,11 @@ class SSEParser:
             append(_new_event(ServerSentEvent, (event_type, data, id_buffer, block_retry)))
         self.last_event_id = id_buffer
 
-    def _dispatch_checked(self, text: bytes, end: int, rest: bytes) -> List[ServerSentEvent]:
+    def _dispatch_checked(self, text: bytes, end: int) -> List[ServerSentEvent]:
         """``feed``'s dispatch when ``text`` may hold blocks over the limit.
 
-        ``text[:end]`` holds the completed blocks (after the blank line put
-        in front), ``rest`` the new held block.  Every block over the limit
-        is skipped, and so is ``rest`` if it already is.
+        ``text[:end]`` holds the completed blocks.  Every block over the
+        limit is skipped, and so is the new held block if it already is.
         """
         limit = self.max_event_bytes
         events: List[ServerSentEvent] = []
@@ -551,30 +553,25 @@ class SSEParser:
                 positions.append(len(events))
                 start = index + 1
         self._parse_lines(_lines_of(blocks[start:]), events)
-        self._room = limit - len(rest)
-        if self._room < 0:
+        if len(self._held) > limit:
             self._overflow()
             positions.append(len(events))
         if positions:
             raise EventTooLarge(limit, events, positions)
         return events
 
-    def _held_lines_done(self, held: List[bytes]) -> None:
-        """Put in force the ``retry`` fields of the held lines that ``held[-1]`` ends.
+    def _held_lines_done(self, more: List[bytes]) -> None:
+        """Put in force the ``retry`` fields of the held lines ``more[-1]`` ends.
 
-        The lines run from the start of the held block's unfinished line
-        (after the last LF before ``held[-1]``) to the last LF of ``held[-1]``.
+        The first of them started after the last LF before ``more[-1]``.
         Each piece is joined here at most twice, so this stays linear.
         """
-        index = len(held) - 2
-        if held[index][-1:] == b"\n":  # every completed line is in held[-1]
-            if b"retry" in held[-1]:
-                self._apply_retry(held[-1][:held[-1].rfind(b"\n") + 1])
-            return
-        while _LF not in held[index]:  # held[0] is b"\n\n": this stops
+        index = len(more) - 2
+        while index >= 0 and _LF not in more[index]:
             index -= 1
-        lines = b"".join(held[index:])
-        lines = lines[lines.rfind(b"\n", 0, len(held[index])) + 1:lines.rfind(b"\n") + 1]
+        first = more[index] if index >= 0 else self._held
+        lines = b"".join([first, *more[index + 1:]])
+        lines = lines[lines.rfind(b"\n", 0, len(first)) + 1:lines.rfind(b"\n") + 1]
         if b"retry" in lines:
             self._apply_retry(lines)
 
@@ -634,9 +631,9 @@ class SSEParser:
     def _overflow(self) -> None:
         """Drop the held block: it outgrew the limit."""
         self._discarding = self._prepare_next = True
-        self._skipped_lf = self._held[-1][-1:] == b"\n"
-        self._held = [b"\n\n"]
-        self._room = self.max_event_bytes
+        self._skipped_lf = (self._more or [self._held])[-1][-1:] == b"\n"
+        self._held = b""
+        self._more = []
 
 
 def _lines_of(blocks: List[bytes]) -> List[str]:
