@@ -505,15 +505,15 @@ class SSEParser:
                 block_retry = None
                 continue
             if line[:4] == "id: ":
-                name = "id"
-                value = line[4:]
-            elif line[:7] == "event: ":
-                name = "event"
-                value = line[7:]
-            else:
-                name, _, value = line.partition(":")
-                if value[:1] == " ":
-                    value = value[1:]  # one leading space is not part of the value
+                if "\0" not in line:
+                    id_buffer = line[4:]
+                continue
+            if line[:7] == "event: ":
+                event_type = line[7:] or "message"
+                continue
+            name, _, value = line.partition(":")
+            if value[:1] == " ":
+                value = value[1:]  # one leading space is not part of the value
             if name == "data":
                 if data is None:
                     data = value
