@@ -377,21 +377,25 @@ class SSEParser:
         self.max_event_bytes = max_event_bytes
         self.last_event_id = ""
         self.retry: Optional[int] = None
-        # The stream is handled as bytes: every framing character is ASCII,
-        # so splitting before decoding is exact (a line end also ends any
-        # broken UTF-8 sequence), and decoding each event's data once is far
-        # cheaper than decoding every line.  A block (the lines up to a blank
-        # line) is parsed once, when its blank line arrives; until then its
-        # bytes are held as they came.
-        self._bom_pending = b""  # first bytes, until we know if they are a BOM
+        # The stream is split as bytes (every framing character is ASCII),
+        # and a block (the lines up to a blank line) is parsed once, when
+        # its blank line arrives; until then its bytes are held as they
+        # came: ``_held`` is what followed the last blank line in the chunk
+        # that had it, ``_more`` the chunks since, none of which had a blank
+        # line (usually none: most chunks end a block).
+        self._held = b""
+        self._more: List[bytes] = []
+        self._room = 0  # while ``_more`` holds chunks: how much more may come
+        # Set while a chunk needs work before the plain path can take it:
+        # a BOM may still come, a CR ended the last chunk, or an oversized
+        # event is being skipped.  A chunk with a CR in it also takes that
+        # work.  Clear, ``feed`` touches none of these.
+        self._prepare_next = True
         self._at_start = True
+        self._bom_pending = b""  # first bytes, until we know if they are a BOM
         self._last_was_cr = False
-        self._lines: List[bytes] = []  # complete lines of the unfinished block
-        self._tail: List[bytes] = []  # pieces of its unfinished line
-        self._room = max_event_bytes  # how much more the unfinished block may hold
         self._discarding = False  # skipping an oversized event to its blank line
         self._skipped_lf = False  # ... and the last byte skipped was a line end
-        self._overflows: List[int] = []  # where skipped events stood, this feed
 
     def feed(self, data: bytes) -> List[ServerSentEvent]:
         """Parse ``data`` and return the events it completes, in order.
@@ -399,140 +403,182 @@ class SSEParser:
         Raises :class:`EventTooLarge` (with the completed events on it) when
         an event outgrows ``max_event_bytes``.
         """
-        if self._at_start or self._last_was_cr:
-            data = self._chunk_start(data)
-        if _CR in data:
-            # A CR ending this chunk pairs with an LF starting the next one.
-            self._last_was_cr = data[-1] == _CR
-            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        if self._discarding and data:
-            data = self._skip(data)
-        if _LF not in data:
-            if data:  # more of the unfinished line
-                self._tail.append(data)
+        if self._prepare_next or _CR in data:
+            data = self._prepare(data)  # now LF-only, BOM and skipped bytes gone
+        end = data.rfind(b"\n")
+        if end > 0 and data[end - 1] == _LF:
+            end -= 1  # the usual chunk: its last LF ends a blank line
+        else:
+            lines_end = end >= 0
+            end = data.rfind(b"\n\n", 0, end) if end > 0 else -1
+            # A blank line at data[0] needs the held bytes to end with a
+            # line end (if none are held, the LF is an empty first line).
+            if end < 0 and (data[:1] != b"\n" or (self._more or [self._held])[-1][-1:] != b"\n"):
+                # No blank line: the held block goes on.  Every chunk of a
+                # long line, and a small chunk of a big event.
+                if not data:  # held pieces are never empty
+                    return []
+                more = self._more
+                if not more:
+                    self._room = self.max_event_bytes - len(self._held)
+                more.append(data)
                 self._room -= len(data)
                 if self._room < 0:
-                    self._overflow(0)
-            return self._result([]) if self._overflows else []
-        events: List[ServerSentEvent] = []
-        tail = self._tail
-        end = data.rfind(b"\n\n")
-        if end < 0 and (tail or data[0] != _LF):
-            # No blank line: the held block goes on.
-            self._room -= len(data)
-            if tail:  # its unfinished line ends here: hold it whole
-                tail.append(data)
-                data = b"".join(tail)
-                self._tail = []
+                    self._overflow()
+                    raise EventTooLarge(self.max_event_bytes, [], [0])
+                if lines_end:
+                    self._held_lines_done(more)
+                return []
+        # One or more blocks end here.
+        more = self._more
+        if more:
+            text = b"".join([self._held, *more, data])
+            self._more = []
         else:
-            # One or more blocks end here.  With a blank line put in front,
-            # every block that starts with a data line follows "\n\ndata: ".
-            text = b"".join([b"\n\n", *self._lines, *tail, data])
-            self._lines = []
-            self._tail = []
-            # Where the last blank line's "\n\n" starts in ``text``; end == -1
-            # (a blank line at data[0]) counts the LF held before it.
-            end += len(text) - len(data)
-            data = text[end + 2:]  # the new unfinished block
-            self._room = self.max_event_bytes - len(data)
-            if len(text) >= self.max_event_bytes:
-                self._parse_checked(text[:end].split(b"\n\n"), events)
-            else:  # no block in ``text`` can be over the limit: no checks
-                # Every piece after the first is a block whose leading
-                # "data: " the split cut off, maybe followed by more blocks.
-                pieces = text[:end].split(b"\n\ndata: ")
-                if pieces[0]:  # blocks before the first that starts with "data: "
-                    blocks = pieces[0].split(b"\n\n")
-                    del blocks[0]  # the empty one before the blank line put in front
-                    self._parse_blocks(blocks, events)
-                del pieces[0]
-                append = events.append
-                id_buffer = self.last_event_id  # only _parse_blocks changes it
-                for piece in pieces:
-                    if _LF in piece:  # more lines than the data line
-                        self._parse_blocks((b"data: " + piece).split(b"\n\n"), events)
-                        id_buffer = self.last_event_id
-                    else:
-                        # The hot path of the module (all the Kernel API
-                        # sends).  A piece without LF is a whole block: a
-                        # blank line and "data: " before it, a blank line
-                        # after it (the next "\n\ndata: " or the end of
-                        # ``text``).  So it is one data line's value, and its
-                        # event has the default type and no retry.
-                        append(
-                            _new_event(
-                                ServerSentEvent,
-                                ("message", piece.decode("utf-8", "replace"), id_buffer, None),
-                            )
-                        )
-        # ``data`` starts at a line start of the unfinished block.
-        end = data.rfind(b"\n") + 1
-        if end:
-            lines = data[:end]
-            self._lines.append(lines)
-            if lines[:5] == b"retry" or lines.find(b"\nretry") >= 0:
-                self._apply_retry(lines)
-            data = data[end:]
-        if data:
-            self._tail.append(data)
-        if self._room < 0:
-            self._overflow(len(events))
-        return self._result(events) if self._overflows else events
+            text = self._held + data
+        # Where the last blank line's "\n\n" starts in ``text``; end == -1
+        # (a blank line at data[0]) counts the LF held before it.
+        end += len(text) - len(data)
+        self._held = held = text[end + 2:]
+        if _LF in held and b"retry" in held:  # a complete retry line held?
+            self._apply_retry(held[:held.rfind(b"\n") + 1])
+        if len(text) >= self.max_event_bytes:
+            return self._dispatch_checked(text, end)
+        # No block in ``text`` can be over the limit: no checks.  The
+        # completed blocks are decoded at once: they start and end at line
+        # ends, which are ASCII, and the decoder never takes an ASCII byte
+        # into a broken sequence, so this is what decoding each value alone
+        # gives.
+        events: List[ServerSentEvent] = []
+        if text[:6] != b"data: ":  # blocks with other fields first: per line
+            self._parse_lines(text[:end].decode("utf-8", "replace").split("\n"), events)
+            return events
+        # Each piece is a block whose leading "data: " the split cut off
+        # (the first one's, the slice), maybe followed by more blocks.
+        pieces = text[6:end].decode("utf-8", "replace").split("\n\ndata: ")
+        id_buffer = self.last_event_id  # only _parse_lines changes it
+        append = events.append
+        for piece in pieces:
+            if "\n" in piece:  # more lines than the data line
+                lines = piece.split("\n")
+                data_value = lines[0]
+                del lines[0]
+                self._parse_lines(lines, events, data_value)
+                id_buffer = self.last_event_id
+            else:
+                # The hot path of the module (all the Kernel API sends).  A
+                # piece without LF is a whole block: a blank line and "data: "
+                # before it, a blank line after it (the next "\n\ndata: " or
+                # the end of the region).  So it is one data line's value,
+                # and its event has the default type and no retry.
+                append(_new_event(ServerSentEvent, ("message", piece, id_buffer, None)))
+        return events
 
-    def _parse_blocks(self, blocks: List[bytes], events: List[ServerSentEvent]) -> None:
-        """Dispatch each of ``blocks``, complete blocks in stream order."""
+    def _parse_lines(
+        self, lines: List[str], events: List[ServerSentEvent], data: Optional[str] = None
+    ) -> None:
+        """Dispatch the blocks of ``lines``, complete blocks in stream order.
+
+        An empty line ends a block, and so does the end of ``lines``.
+        ``data`` is the value of a data line the first block has before
+        ``lines``.
+        """
         append = events.append
         id_buffer = self.last_event_id
-        for block in blocks:
-            data_lines: List[bytes] = []
-            event_type = "message"
-            block_retry: Optional[int] = None
-            for line in block.split(b"\n"):
-                name, space, value = line.partition(b": ")
-                if not space or _COLON in name:
-                    # No space after the first colon (or no colon): the
-                    # value starts right after the first colon.
-                    name, _, value = line.partition(b":")
-                if name == b"data":
-                    data_lines.append(value)
-                elif name == b"id":
-                    if _NUL not in value:
-                        id_buffer = value.decode("utf-8", "replace")
-                elif name == b"event":
-                    event_type = value.decode("utf-8", "replace") or "message"
-                elif name == b"retry" and value.isdigit():  # ASCII digits only
-                    try:
-                        block_retry = self.retry = int(value)
-                    except ValueError:
-                        pass  # more digits than Python converts (4300): ignored
-                # Anything else (a comment, an unknown field, the empty line
-                # a third LF in a row leaves) is ignored.
-            if data_lines:  # no data, no event
-                append(
-                    _new_event(
-                        ServerSentEvent,
-                        (
-                            event_type,
-                            b"\n".join(data_lines).decode("utf-8", "replace"),
-                            id_buffer,
-                            block_retry,
-                        ),
-                    )
-                )
+        event_type = "message"
+        block_retry: Optional[int] = None
+        more: List[str] = []  # the data values after the block's first
+        for line in lines:
+            # The usual spellings first, without splitting the line.
+            if line[:6] == "data: ":
+                if data is None:
+                    data = line[6:]
+                else:
+                    more.append(line[6:])
+                continue
+            if not line:  # a blank line: dispatch
+                if data is not None:
+                    if more:
+                        data = "\n".join([data, *more])
+                        more = []
+                    append(_new_event(ServerSentEvent, (event_type, data, id_buffer, block_retry)))
+                    data = None
+                event_type = "message"
+                block_retry = None
+                continue
+            if line[:4] == "id: ":
+                if "\0" not in line:
+                    id_buffer = line[4:]
+                continue
+            if line[:7] == "event: ":
+                event_type = line[7:] or "message"
+                continue
+            name, _, value = line.partition(":")
+            if value[:1] == " ":
+                value = value[1:]  # one leading space is not part of the value
+            if name == "data":
+                if data is None:
+                    data = value
+                else:
+                    more.append(value)
+            elif name == "id":
+                if "\0" not in value:
+                    id_buffer = value
+            elif name == "event":
+                event_type = value or "message"
+            elif name == "retry" and value.isascii() and value.isdigit():
+                try:
+                    block_retry = self.retry = int(value)
+                except ValueError:
+                    pass  # more digits than Python converts (4300): ignored
+            # Anything else (a comment, an unknown field) is ignored.
+        if data is not None:  # the end of the last block
+            if more:
+                data = "\n".join([data, *more])
+            append(_new_event(ServerSentEvent, (event_type, data, id_buffer, block_retry)))
         self.last_event_id = id_buffer
 
-    def _parse_checked(self, blocks: List[bytes], events: List[ServerSentEvent]) -> None:
-        """Dispatch ``blocks`` like ``_parse_blocks``, skipping any over the limit."""
+    def _dispatch_checked(self, text: bytes, end: int) -> List[ServerSentEvent]:
+        """``feed``'s dispatch when ``text`` may hold blocks over the limit.
+
+        ``text[:end]`` holds the completed blocks.  Every block over the
+        limit is skipped, and so is the new held block if it already is.
+        """
+        limit = self.max_event_bytes
+        events: List[ServerSentEvent] = []
+        positions: List[int] = []
+        blocks = text[:end].split(b"\n\n")
         start = 0
         for index, block in enumerate(blocks):
-            if len(block) >= self.max_event_bytes:  # with its last line end, over
-                self._parse_blocks(blocks[start:index], events)
-                self._overflows.append(len(events))
+            if len(block) >= limit:  # with its last line end, over
+                self._parse_lines(_lines_of(blocks[start:index]), events)
+                positions.append(len(events))
                 start = index + 1
-        self._parse_blocks(blocks[start:], events)
+        self._parse_lines(_lines_of(blocks[start:]), events)
+        if len(self._held) > limit:
+            self._overflow()
+            positions.append(len(events))
+        if positions:
+            raise EventTooLarge(limit, events, positions)
+        return events
+
+    def _held_lines_done(self, more: List[bytes]) -> None:
+        """Put in force the ``retry`` fields of the held lines ``more[-1]`` ends.
+
+        The first of them started after the last LF before ``more[-1]``.
+        Each piece is joined here at most twice, so this stays linear.
+        """
+        index = len(more) - 2
+        while index >= 0 and _LF not in more[index]:
+            index -= 1
+        first = more[index] if index >= 0 else self._held
+        lines = b"".join([first, *more[index + 1:]])
+        lines = lines[lines.rfind(b"\n", 0, len(first)) + 1:lines.rfind(b"\n") + 1]
+        if b"retry" in lines:
+            self._apply_retry(lines)
 
     def _apply_retry(self, lines: bytes) -> None:
-        """Put the ``retry`` fields of an unfinished block's ``lines`` in force.
+        """Put the ``retry`` fields of a held block's complete ``lines`` in force.
 
         The standard applies a field when its line ends, but only ``retry``
         is visible before the block's blank line.  Parsing the lines as a
@@ -541,12 +587,16 @@ class SSEParser:
         the same ``retry`` again: setting it twice changes nothing.
         """
         last_event_id = self.last_event_id
-        self._parse_blocks([lines], [])
+        self._parse_lines(_lines_of([lines]), [])
         self.last_event_id = last_event_id
 
-    def _chunk_start(self, data: bytes) -> bytes:
-        """Drop one UTF-8 BOM at stream start (even split across chunks) and
-        the LF of a CRLF whose CR ended the previous chunk."""
+    def _prepare(self, data: bytes) -> bytes:
+        """Turn ``data`` into what the plain path of ``feed`` takes.
+
+        Drops one UTF-8 BOM at stream start (even split across chunks) and
+        the LF of a CRLF whose CR ended the previous chunk; makes every line
+        end an LF; skips what is left of an oversized event.
+        """
         if self._at_start:
             head = self._bom_pending + data
             if len(head) < len(_BOM) and _BOM.startswith(head):
@@ -554,11 +604,18 @@ class SSEParser:
                 return b""
             self._at_start = False
             self._bom_pending = b""
-            return head[len(_BOM):] if head.startswith(_BOM) else head
-        if data:
+            data = head[len(_BOM):] if head.startswith(_BOM) else head
+        elif self._last_was_cr and data:
             self._last_was_cr = False
             if data[0] == _LF:
-                return data[1:]
+                data = data[1:]
+        if _CR in data:
+            # A CR ending this chunk pairs with an LF starting the next one.
+            self._last_was_cr = data[-1] == _CR
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        if self._discarding and data:
+            data = self._skip(data)
+        self._prepare_next = self._last_was_cr or self._discarding
         return data
 
     def _skip(self, data: bytes) -> bytes:
@@ -573,20 +630,17 @@ class SSEParser:
         self._discarding = False
         return data[end:]
 
-    def _overflow(self, position: int) -> None:
-        """Drop the unfinished block: it outgrew the limit."""
-        self._overflows.append(position)
-        self._discarding = True
-        self._skipped_lf = not self._tail
-        self._lines = []
-        self._tail = []
-        self._room = self.max_event_bytes
+    def _overflow(self) -> None:
+        """Drop the held block: it outgrew the limit."""
+        self._discarding = self._prepare_next = True
+        self._skipped_lf = (self._more or [self._held])[-1][-1:] == b"\n"
+        self._held = b""
+        self._more = []
 
-    def _result(self, events: List[ServerSentEvent]) -> List[ServerSentEvent]:
-        """Raise EventTooLarge carrying ``events``."""
-        positions = self._overflows
-        self._overflows = []
-        raise EventTooLarge(self.max_event_bytes, events, positions)
+
+def _lines_of(blocks: List[bytes]) -> List[str]:
+    """The lines of complete ``blocks``, decoded, with an empty line between blocks."""
+    return b"\n\n".join(blocks).decode("utf-8", "replace").split("\n")
 
 
 # Building the tuple directly skips NamedTuple's Python-level __new__: the
