@@ -26,6 +26,7 @@ import base64
 import email.utils
 import itertools
 import json
+import os
 import logging
 import platform
 import queue
@@ -354,8 +355,21 @@ def assert_exactly_once(emu: Emulator, invocation_id: str, run: Run) -> None:
 
 
 def established_to(port: int) -> Optional[int]:
-    """How many client sockets on this machine are ESTABLISHED to ``port`` (None without /proc)."""
+    """How many client sockets of this process are ESTABLISHED to ``port`` (None without /proc).
+
+    Only this process's own sockets count: another server's accepted socket
+    whose client happened to get ``port`` as its ephemeral port looks the same."""
     count, found = 0, False
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:
+        return None
+    mine = set()
+    for fd in fds:
+        try:
+            mine.add(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            pass  # closed meanwhile
     for name in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(name) as handle:
@@ -365,7 +379,7 @@ def established_to(port: int) -> Optional[int]:
         found = True
         for line in lines:
             fields = line.split()
-            if fields[3] == "01" and int(fields[2].rsplit(":", 1)[1], 16) == port:
+            if fields[3] == "01" and int(fields[2].rsplit(":", 1)[1], 16) == port and f"socket:[{fields[9]}]" in mine:
                 count += 1
     return count if found else None
 
